@@ -18,5 +18,5 @@ for _module in ("demo", "meld", "iemocap", "mosei", "manifest"):
             raise
 
 
-def prepare(name: str, root=None, **options) -> Corpus:
+def prepare(name: str, root=None, /, **options) -> Corpus:
     return CORPORA.get(name)(root, **options)
