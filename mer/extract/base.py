@@ -46,8 +46,11 @@ class FeatureSpec:
     def hash_fields(self) -> dict:
         # Everything that changes stored values; not the package version (a release must not
         # invalidate every cache), nor frame_rate/dim (they follow from config).
+        # Local weights are keyed by their content hash alone, so the same checkpoint at two
+        # paths (two people's home directories) shares one cache entry.
+        local = bool(self.model_revision and self.model_revision.startswith("sha256:"))
         return {"format": CACHE_FORMAT_VERSION, "name": self.name, "config": self.config, "dtype": self.dtype,
-                "model_id": self.model_id, "model_revision": self.model_revision}
+                "model_id": None if local else self.model_id, "model_revision": self.model_revision}
 
     @property
     def config_hash(self) -> str:
