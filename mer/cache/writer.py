@@ -1,0 +1,209 @@
+"""Writing one feature of one corpus into a shared cache, safely from many processes at once.
+
+Protocol (every step that reads or changes the set of shards runs under the feature's
+`.lock`, a POSIX lock the kernel drops when its owner dies):
+  claim   pick utterances that are neither stored, failed, nor claimed by a live writer;
+          create `shard-NNNNN.claim` and keep it locked for as long as the work runs.
+  work    (no lock) write `shard-NNNNN.h5.tmp-<token>`: any process may do this.
+  commit  rename the temporary file to `shard-NNNNN.h5`, write `shard-NNNNN.json` (the
+          commit record), delete the claim, rebuild `manifest.json` atomically.
+A claim whose lock is free belongs to a dead writer: the next writer removes it and its
+temporary or uncommitted files, and the utterances become pending again. So a writer
+killed at any moment leaves no partial shard and no utterance stored twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from mer.cache.layout import LOCK_FILE, SPEC_FILE, atomic_write_json, feature_dir_name, shard_name
+from mer.cache.locks import HeldLock, lock, try_lock
+from mer.cache.manifest import (ShardRecord, build_manifest, next_free_index, read_shard_records,
+                                stored_and_failed, write_manifest)
+from mer.cache.shard import sha256_file, to_storage, write_shard
+from mer.errors import CacheError
+from mer.extract.base import FeatureSpec
+
+# Claims this process holds, by path: their ids count as claimed, and their files must never
+# be opened here through a second descriptor (that would drop the POSIX lock).
+_own_claims: dict[str, list[str]] = {}
+
+
+@dataclass
+class Claim:
+    feature_dir: Path
+    index: int
+    ids: list[str]
+    held: HeldLock
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+@dataclass
+class CacheState:
+    stored: set[str]
+    failed: dict[str, str]
+    claimed: set[str]
+    records: list[ShardRecord]
+
+
+class FeatureWriter:
+    def __init__(self, cache_root: Path, corpus: str, spec: FeatureSpec, compression: Optional[str] = None):
+        self.corpus = corpus
+        self.spec = spec
+        self.compression = compression
+        self.dir = Path(cache_root) / corpus / feature_dir_name(spec)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.dir / LOCK_FILE
+        self._records_memo: dict[str, ShardRecord] = {}
+        self._ensure_spec()
+
+    def _ensure_spec(self) -> None:
+        path = self.dir / SPEC_FILE
+        wanted = self.spec.to_dict()
+        if path.is_file():
+            found = json.loads(path.read_text())
+            if found.get("config_hash") != wanted["config_hash"]:
+                raise CacheError(f"{path}: holds config {found.get('config_hash')}, expected "
+                                 f"{wanted['config_hash']}; the folder was renamed by hand: remove it")
+            return
+        atomic_write_json(path, wanted)
+
+    # ---- state -------------------------------------------------------------------------
+    def state(self) -> CacheState:
+        """Stored, failed and claimed ids. Call under the lock to act on it."""
+        records = read_shard_records(self.dir, self._records_memo)
+        stored, failed = stored_and_failed(records)
+        claimed: set[str] = set()
+        for claim_path in sorted(self.dir.glob("shard-*.claim")):
+            ids = self._live_claim_ids(claim_path)
+            if ids is not None:
+                claimed.update(ids)
+        return CacheState(stored, failed, claimed, records)
+
+    def _live_claim_ids(self, claim_path: Path) -> Optional[list[str]]:
+        if str(claim_path) in _own_claims:
+            return _own_claims[str(claim_path)]
+        held = try_lock(claim_path, create=False)
+        if held is None:  # locked by a live writer (or already gone)
+            try:
+                return json.loads(claim_path.read_text())["ids"]
+            except (OSError, ValueError, KeyError):
+                return []  # being created this instant (we hold .lock, so it cannot be) or gone
+        self._reap(claim_path, held)
+        return None
+
+    def _reap(self, claim_path: Path, held: HeldLock) -> None:
+        """The claim's owner died: remove its temporary files and any shard it renamed but never recorded."""
+        name = claim_path.name[: -len(".claim")]
+        for tmp in self.dir.glob(f"{name}.h5.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        if not (self.dir / f"{name}.json").exists():
+            (self.dir / f"{name}.h5").unlink(missing_ok=True)
+        claim_path.unlink(missing_ok=True)
+        held.release()
+
+    def pending(self, ids: Iterable[str], retry_failed: bool = False) -> list[str]:
+        state = self.state()
+        return [i for i in ids if i not in state.stored and i not in state.claimed
+                and (retry_failed or i not in state.failed)]
+
+    # ---- claim, commit, release ----------------------------------------------------------
+    def claim(self, ids: list[str], retry_failed: bool = False) -> Optional[Claim]:
+        """Claim the pending subset of `ids` as one new shard; None when nothing is pending."""
+        with lock(self._lock_path):
+            state = self.state()
+            todo = [i for i in ids if i not in state.stored and i not in state.claimed
+                    and (retry_failed or i not in state.failed)]
+            if not todo:
+                return None
+            index = next_free_index(self.dir)
+            claim_path = self.dir / f"{shard_name(index)}.claim"
+            held = try_lock(claim_path)
+            if held is None:
+                raise CacheError(f"{claim_path}: could not lock a new claim file; the filesystem does not support locks")
+            held.write(json.dumps({"ids": todo, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "created": time.time()}).encode())
+            _own_claims[str(claim_path)] = todo
+            return Claim(self.dir, index, todo, held)
+
+    def write_temp(self, claim: Claim, arrays: dict[str, np.ndarray],
+                   extras: Optional[dict[str, dict]] = None) -> Optional[Path]:
+        """Write the claim's successful utterances to a temporary shard (no lock: the heavy part)."""
+        return write_temp_shard(self.dir, claim.index, self.spec, claim.ids, arrays, extras, self.compression)
+
+    def commit(self, claim: Claim, temp_path: Optional[Path], failures: dict[str, str]) -> ShardRecord:
+        """Make the shard visible: rename, record, drop the claim, rebuild the manifest."""
+        unknown = set(failures) - set(claim.ids)
+        if unknown:
+            raise CacheError(f"{claim.name}: failures for ids outside the claim: {sorted(unknown)[:3]}")
+        with lock(self._lock_path):
+            ids, rows, size, sha = [], 0, 0, None
+            final = None
+            if temp_path is not None:
+                final = self.dir / f"{claim.name}.h5"
+                sha = sha256_file(temp_path)
+                size = temp_path.stat().st_size
+                ids, rows = _ids_and_rows(temp_path)
+                os.replace(temp_path, final)
+            record = ShardRecord(index=claim.index, file=final.name if final else None, sha256=sha, size=size,
+                                 ids=ids, rows=rows, failures=dict(failures), created=time.time(),
+                                 host=socket.gethostname())
+            atomic_write_json(self.dir / f"{claim.name}.json", record.__dict__)
+            self._drop_claim(claim)
+            self._write_manifest()
+        return record
+
+    def release(self, claim: Claim) -> None:
+        """Give a claim back uncommitted (an interrupted run): its ids become pending again."""
+        with lock(self._lock_path):
+            for tmp in self.dir.glob(f"{claim.name}.h5.tmp-*"):
+                tmp.unlink(missing_ok=True)
+            self._drop_claim(claim)
+
+    def _drop_claim(self, claim: Claim) -> None:
+        claim_path = self.dir / f"{claim.name}.claim"
+        claim_path.unlink(missing_ok=True)
+        _own_claims.pop(str(claim_path), None)
+        claim.held.release()
+
+    def _write_manifest(self) -> None:
+        records = read_shard_records(self.dir, self._records_memo)
+        write_manifest(self.dir, build_manifest(self.dir, self.corpus, self.spec, records))
+
+    def refresh_manifest(self) -> None:
+        with lock(self._lock_path):
+            self.state()  # reaps dead claims
+            self._write_manifest()
+
+
+def write_temp_shard(feature_dir: Path, index: int, spec: FeatureSpec, claim_ids: list[str],
+                     arrays: dict[str, np.ndarray], extras: Optional[dict[str, dict]] = None,
+                     compression: Optional[str] = None) -> Optional[Path]:
+    """Any process may call this for a claim another process holds. Each call writes its own
+    temporary file, so a retried task never shares one with a lost worker."""
+    ids = [i for i in claim_ids if i in arrays]
+    if not ids:
+        return None
+    path = Path(feature_dir) / f"{shard_name(index)}.h5.tmp-{uuid.uuid4().hex[:8]}"
+    stored = [to_storage(arrays[i], spec, i) for i in ids]
+    write_shard(path, spec, ids, stored, [extras[i] for i in ids] if extras else None, compression)
+    return path
+
+
+def _ids_and_rows(path: Path) -> tuple[list[str], int]:
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        return ids, int(f["offsets"][-1])

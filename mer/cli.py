@@ -1,0 +1,259 @@
+"""The `mer` command. Choices come from the registries; errors print one line, no traceback.
+
+Exit status: 0 done; 1 the work ran but did not succeed (a --strict stop, a feature with
+every utterance failed, `cache verify` found problems); 2 bad input or usage; 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from mer import __version__
+from mer.errors import MerError
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except MerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mer")
+def cli() -> None:
+    """Multimodal (speech + text) emotion recognition: extract features once, fuse many times."""
+
+
+def _corpus_names() -> list[str]:
+    from mer.data.corpora import CORPORA
+
+    return CORPORA.names()
+
+
+def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict, dict]:
+    """`--set corpus.labels=7class --set mfcc40.n_mels=40` -> corpus options, per-feature options."""
+    corpus_options: dict = {}
+    feature_options: dict = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        target, dot, option = key.rpartition(".")
+        if not sep or not dot or not option:
+            raise MerError(f"--set {setting!r}: write TARGET.KEY=VALUE, e.g. corpus.labels=7class or mfcc40.n_mels=40")
+        if target == "corpus":
+            corpus_options[option] = value
+        elif target in features:
+            feature_options.setdefault(target, {})[option] = value
+        else:
+            raise MerError(f"--set {setting!r}: {target!r} is neither 'corpus' nor one of --features")
+    return corpus_options, feature_options
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="Corpus reader: " + ", ".join(_corpus_names()))
+@click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none.")
+@click.option("--features", required=True, help="Comma-separated extractor names (see `mer list extractors`).")
+@click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on).")
+@click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs.")
+@click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE",
+              help="An option for the corpus reader (corpus.KEY) or one feature (FEATURE.KEY). Repeatable.")
+@click.option("--shard-size", default=128, show_default=True, help="Utterances per shard (the unit of resume).")
+@click.option("--batch-seconds", default=60.0, show_default=True, help="Audio seconds per batch, padding included.")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]), show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Storage dtype for every feature "
+              "(default: each extractor's own; openSMILE stores float32).")
+@click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def extract(dataset, root, features, cache, workers, strict, retry_failed, settings, shard_size, batch_seconds,
+            device, dtype, compression, no_progress, as_json) -> None:
+    """Decode a corpus once and write every requested feature into the cache (resumable)."""
+    from mer.extract.runner import ExtractConfig, extract as run_extract, format_summary
+
+    names = [f.strip() for f in features.split(",") if f.strip()]
+    corpus_options, feature_options = parse_settings(settings, names)
+    config = ExtractConfig(dataset=dataset, root=root, features=names, cache=cache, corpus_options=corpus_options,
+                           feature_options=feature_options, workers=workers, strict=strict,
+                           retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
+                           device=_device(device), dtype=dtype, compression=compression, progress=not no_progress)
+    summary = run_extract(config)
+    if as_json:
+        click.echo(json.dumps(_summary_dict(summary), indent=1))
+    else:
+        click.echo(format_summary(summary))
+    if summary.stopped and summary.stopped.startswith("interrupted"):
+        sys.exit(130)
+    sys.exit(summary.exit_code)
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _summary_dict(summary) -> dict:
+    return {"corpus": summary.corpus, "seconds": summary.seconds, "stopped": summary.stopped,
+            "features": [{"name": f.name, "config_hash": f.config_hash, "directory": f.directory, "done": f.done,
+                          "cached": f.cached, "failed_before": f.failed_before, "failed": f.failed}
+                         for f in summary.features]}
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect, verify and clean a feature cache."""
+
+
+@cache.command("ls")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(root, as_json) -> None:
+    """List corpora and features in a cache."""
+    from mer.cache.reader import FeatureCache
+
+    fc = FeatureCache(root)
+    rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
+             "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
+             "granularity": f.spec.granularity, "bytes": _size(f.directory)}
+            for corpus in fc.corpora() for f in fc.features(corpus)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo(f"{root}: empty cache")
+    for r in rows:
+        click.echo(f"{r['corpus']:<16} {r['feature']:<28} {r['config_hash']}  {r['utterances']:>7} utt  "
+                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB")
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob("shard-*.h5"))
+
+
+@cache.command("info")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("corpus", required=False)
+@click.argument("feature", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(root, corpus, feature, as_json) -> None:
+    """Describe features: spec, dims, layers, model, counts and failures."""
+    from mer.cache.reader import FeatureCache
+
+    fc = FeatureCache(root)
+    corpora = [corpus] if corpus else fc.corpora()
+    infos = [fc.find(c, feature) for c in corpora] if feature else [f for c in corpora for f in fc.features(c)]
+    out = [_info_dict(fc, info) for info in infos]
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    for item in out:
+        spec = item["spec"]
+        click.echo(f"{item['corpus']}/{spec['name']}@{spec['config_hash']}  ({item['directory']})")
+        click.echo(f"  {spec['modality']} {spec['granularity']}  dims {item['dims']}  dtype {spec['dtype']}  "
+                   f"frame rate {spec['frame_rate']}  layers {item['layers']}")
+        click.echo(f"  model {spec['model_id']} revision {spec['model_revision']}  config {json.dumps(spec['config'])}")
+        click.echo(f"  {item['utterances']} utterances in {item['shards']} shards; {len(item['failures'])} failed")
+        for utt_id, reason in list(item["failures"].items())[:10]:
+            click.echo(f"    failed {utt_id}: {reason}")
+
+
+def _info_dict(fc, info) -> dict:
+    from mer.cache.manifest import read_manifest
+
+    manifest = read_manifest(info.directory)
+    corpus_size = len(fc.utterances(info.corpus)) if (Path(fc.root) / info.corpus / "utterances.jsonl").is_file() else None
+    spec = info.spec
+    return {"corpus": info.corpus, "directory": str(info.directory), "spec": spec.to_dict(),
+            "dims": list(spec.row_shape), "layers": spec.config.get("layers"),
+            "utterances": info.num_utterances, "corpus_utterances": corpus_size, "shards": info.num_shards,
+            "bytes": _size(info.directory), "package_version": manifest["package_version"],
+            "failures": manifest["failures"]}
+
+
+@cache.command("verify")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--corpus")
+@click.option("--feature")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--strict", is_flag=True, help="Count recorded extraction failures as problems too.")
+def cache_verify(root, corpus, feature, as_json, strict) -> None:
+    """Recompute checksums; check coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
+    from mer.cache.verify import verify_cache
+
+    reports = verify_cache(root, corpus, feature)
+    bad = [r for r in reports if not r.ok or (strict and r.failed)]
+    if as_json:
+        click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))
+    else:
+        for r in reports:
+            state = "ok" if r.ok else "PROBLEMS"
+            click.echo(f"{r.corpus}/{r.feature}@{r.config_hash}: {state}  stored {r.stored}, failed {r.failed}, "
+                       f"missing {r.missing}, dims {r.dims}")
+            for problem in r.problems:
+                click.echo(f"  {problem}")
+    sys.exit(1 if bad else 0)
+
+
+@cache.command("rm")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("corpus")
+@click.argument("feature", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def cache_rm(root, corpus, feature, yes) -> None:
+    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus."""
+    from mer.cache.locks import lock
+    from mer.cache.reader import FeatureCache
+
+    fc = FeatureCache(root)
+    target = fc.find(corpus, feature).directory if feature else Path(root) / corpus
+    if not target.is_dir():
+        raise MerError(f"{target}: not in the cache; see `mer cache ls {root}`")
+    if not yes:
+        click.confirm(f"remove {target}?", abort=True)
+    for directory in [target] if feature else [p for p in target.iterdir() if p.is_dir()]:
+        with lock(directory / ".lock", timeout=30):  # never under a running writer's feet
+            shutil.rmtree(directory)
+    if not feature:
+        shutil.rmtree(target)
+    click.echo(f"removed {target}")
+
+
+@cli.group("list")
+def list_group() -> None:
+    """List what is registered."""
+
+
+@list_group.command("extractors")
+def list_extractors() -> None:
+    from mer.extract.base import EXTRACTORS
+    import mer.extract  # noqa: F401
+
+    for name in EXTRACTORS.names():
+        click.echo(name)
+
+
+@list_group.command("corpora")
+def list_corpora() -> None:
+    for name in _corpus_names():
+        click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""`mer extract`: decode a corpus once and write every requested feature into the cache.
+
+Work is cut into tasks of `shard_size` utterances in corpus order. For each task the
+runner claims, per feature, the utterances still pending there (mer.cache.writer), decodes
+their audio once, runs every extractor on length-sorted batches, writes one temporary shard
+per feature and commits it. With `workers > 1` tasks run in worker processes while this
+process holds the claims and commits; a worker that dies has its task run again. A failed
+utterance is recorded with its reason and the run goes on (`strict` stops at the first).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from mer.cache.layout import CORPUS_MANIFEST
+from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
+from mer.data.audio import SAMPLE_RATE, load_audio
+from mer.data.corpora import prepare
+from mer.data.utterance import Corpus, Utterance, write_utterances
+from mer.errors import MerError
+from mer.extract.base import ExtractItem, Extractor, build_extractor
+
+MAX_TASK_ATTEMPTS = 3
+
+
+@dataclass
+class ExtractConfig:
+    dataset: str
+    features: list[str]
+    cache: Path
+    root: Optional[Path] = None
+    corpus_options: dict = field(default_factory=dict)
+    feature_options: dict = field(default_factory=dict)  # feature name -> {option: value}
+    workers: int = 1
+    strict: bool = False
+    retry_failed: bool = False
+    shard_size: int = 128
+    batch_seconds: float = 60.0  # audio seconds per batch, padding included
+    batch_items: int = 32  # utterances per batch for text extractors
+    device: str = "cpu"
+    dtype: Optional[str] = None  # override every feature's storage dtype
+    compression: Optional[str] = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class FeatureJob:
+    """What a worker needs to rebuild an extractor: its name, options and storage dtype."""
+
+    name: str
+    options: tuple
+    dtype: Optional[str]
+
+    def build(self) -> Extractor:
+        extractor = build_extractor(self.name, **dict(self.options))
+        if self.dtype:
+            extractor.spec = replace(extractor.spec, dtype=self.dtype)
+        return extractor
+
+
+@dataclass
+class TaskPart:
+    feature: int  # index into the run's features
+    claim_index: int
+    ids: list[str]
+    feature_dir: Path
+
+
+@dataclass
+class Task:
+    key: str
+    utterances: list[Utterance]
+    parts: list[TaskPart]
+    attempts: int = 0
+
+
+@dataclass
+class PartResult:
+    feature: int
+    claim_index: int
+    temp_path: Optional[Path]
+    stored: int
+    failures: dict[str, str]
+
+
+@dataclass
+class FeatureSummary:
+    name: str
+    config_hash: str
+    directory: str
+    done: int = 0
+    cached: int = 0
+    failed_before: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExtractSummary:
+    corpus: str
+    features: list[FeatureSummary]
+    seconds: float
+    stopped: Optional[str] = None  # why the run stopped early (strict, interrupted)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return 1
+        hopeless = any(f.failed and not f.done and not f.cached for f in self.features)
+        return 1 if hopeless else 0
+
+
+# ---- the worker side: runs in this process or in a pool process ----------------------------
+_extractor_memo: dict[FeatureJob, Extractor] = {}  # built once per process
+_loaded: set[FeatureJob] = set()  # and loaded (weights, devices) once per process
+
+
+def _extractor(job: FeatureJob, device: str) -> Extractor:
+    extractor = _extractor_memo.setdefault(job, job.build()) if job not in _extractor_memo else _extractor_memo[job]
+    if job not in _loaded:
+        extractor.load(device)
+        _loaded.add(job)
+    return extractor
+
+
+def run_task(task: Task, jobs: list[FeatureJob], config: ExtractConfig,
+             on_items: Optional[Callable[[int], None]] = None) -> list[PartResult]:
+    """Decode the task's audio once, run each feature's extractor, write temporary shards."""
+    extractors = {part.feature: _extractor(jobs[part.feature], config.device) for part in task.parts}
+    by_id = {u.id: u for u in task.utterances}
+    audio_ids = sorted({i for part in task.parts if extractors[part.feature].modality == "audio" for i in part.ids})
+    audio, decode_failures = _decode_all([by_id[i] for i in audio_ids])
+    results = []
+    for part in task.parts:
+        extractor = extractors[part.feature]
+        failures = {i: decode_failures[i] for i in part.ids if i in decode_failures} \
+            if extractor.modality == "audio" else {}
+        items = [ExtractItem(by_id[i], audio.get(i)) for i in part.ids if i not in failures]
+        arrays, extras, extract_failures = _extract_items(extractor, items, config, on_items)
+        failures.update(extract_failures)
+        if on_items and failures:
+            on_items(len(failures))
+        temp = write_temp_shard(part.feature_dir, part.claim_index, extractor.spec, part.ids, arrays,
+                                extras, config.compression)
+        results.append(PartResult(part.feature, part.claim_index, temp, len(arrays), failures))
+    return results
+
+
+def _decode_all(utterances: list[Utterance]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    audio, failures = {}, {}
+    for utt in utterances:
+        try:
+            audio[utt.id] = load_audio(utt.audio_path, utt.start, utt.end) if utt.audio_path else _no_audio(utt)
+        except MerError as exc:
+            failures[utt.id] = str(exc)
+    return audio, failures
+
+
+def _no_audio(utt: Utterance) -> np.ndarray:
+    raise MerError(f"{utt.id}: the corpus gives no audio path for this utterance")
+
+
+def _extract_items(extractor: Extractor, items: list[ExtractItem], config: ExtractConfig,
+                   on_items: Optional[Callable[[int], None]]) -> tuple[dict, dict, dict[str, str]]:
+    arrays: dict[str, np.ndarray] = {}
+    extras: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    for batch in make_batches(extractor, items, config):
+        try:
+            outputs = _run_extractor(extractor, batch)
+        except Exception:  # one bad item must not fail its batch-mates: retry them one by one
+            outputs = []
+            for item in batch:
+                try:
+                    outputs.extend(_run_extractor(extractor, [item]))
+                except Exception as exc:
+                    failures[item.utterance.id] = _reason(exc)
+                    outputs.append(None)
+        for item, output in zip(batch, outputs):
+            if output is not None:
+                array, extra = output
+                arrays[item.utterance.id] = array
+                if extra:
+                    extras[item.utterance.id] = extra
+        if on_items:
+            on_items(len(batch))
+    return arrays, extras, failures
+
+
+def _run_extractor(extractor: Extractor, batch: list[ExtractItem]) -> list[tuple[np.ndarray, dict]]:
+    if hasattr(extractor, "extract_with_extras"):
+        outputs = extractor.extract_with_extras(batch)
+    else:
+        outputs = [(array, {}) for array in extractor.extract(batch)]
+    if len(outputs) != len(batch):
+        raise MerError(f"{extractor.spec.name} returned {len(outputs)} outputs for {len(batch)} items")
+    for (array, _), item in zip(outputs, batch):
+        array = np.asarray(array)
+        if array.size and not np.isfinite(array).all():
+            raise MerError(f"{item.utterance.id}: {extractor.spec.name} produced NaN/Inf")
+    return outputs
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MerError) else text
+
+
+def make_batches(extractor: Extractor, items: list[ExtractItem], config: ExtractConfig) -> list[list[ExtractItem]]:
+    """Length-sorted batches: capped by padded audio seconds (audio) or item count (text).
+    Extractors that cannot pad (`pads_safely = False`) get batches of equal length only;
+    per-item CPU extractors get single items."""
+    if extractor.per_item_cpu:
+        return [[item] for item in items]
+    if extractor.modality == "text":
+        ordered = sorted(items, key=lambda it: len(it.utterance.text))
+        return [ordered[i:i + config.batch_items] for i in range(0, len(ordered), config.batch_items)]
+    ordered = sorted(items, key=lambda it: len(it.audio))
+    pads_safely = getattr(extractor, "pads_safely", True)
+    batches: list[list[ExtractItem]] = []
+    for item in ordered:
+        current = batches[-1] if batches else None
+        if current is not None:
+            longest = max(len(item.audio), len(current[-1].audio))
+            fits = longest * (len(current) + 1) <= config.batch_seconds * SAMPLE_RATE
+            same = len(item.audio) == len(current[-1].audio)
+            if fits and (pads_safely or same):
+                current.append(item)
+                continue
+        batches.append([item])
+    return batches
+
+
+# ---- the driver: claims, schedules, commits ---------------------------------------------------
+def extract(config: ExtractConfig) -> ExtractSummary:
+    started = time.time()
+    corpus = prepare(config.dataset, config.root, **config.corpus_options)
+    if not corpus.utterances:
+        raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")
+    jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
+            for name in config.features]
+    for job in jobs:  # build in the parent first: unknown names and missing models fail before any work
+        _extractor_memo.setdefault(job, job.build())
+    specs = [_extractor_memo[job].spec for job in jobs]
+    write_utterances(Path(config.cache) / corpus.name / CORPUS_MANIFEST, corpus.utterances)
+    writers = [FeatureWriter(config.cache, corpus.name, spec, config.compression) for spec in specs]
+    summaries, total = _initial_summaries(writers, corpus, config)
+    utterances = _with_context(corpus.utterances, max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs))
+    run = _Run(config, jobs, writers, summaries, total)
+    try:
+        run.execute(_tasks(utterances, writers, config, run))
+    except KeyboardInterrupt:
+        run.stopped = "interrupted; run the same command again to resume"
+    finally:
+        run.close()
+    return ExtractSummary(corpus.name, summaries, time.time() - started, run.stopped)
+
+
+def _initial_summaries(writers: list[FeatureWriter], corpus: Corpus, config: ExtractConfig):
+    ids = [u.id for u in corpus.utterances]
+    summaries, total = [], 0
+    for writer in writers:
+        state = writer.state()
+        summary = FeatureSummary(writer.spec.name, writer.spec.config_hash, str(writer.dir))
+        summary.cached = sum(1 for i in ids if i in state.stored)
+        summary.failed_before = 0 if config.retry_failed else sum(1 for i in ids if i in state.failed)
+        total += len(ids) - summary.cached - summary.failed_before
+        summaries.append(summary)
+    return summaries, total
+
+
+def _with_context(utterances: list[Utterance], turns: int) -> list[Utterance]:
+    """Give each utterance the texts of the `turns` previous turns of its dialogue (oldest first)."""
+    if not turns:
+        return utterances
+    dialogues: dict[str, list[Utterance]] = defaultdict(list)
+    for utt in utterances:
+        if utt.dialogue is not None:
+            dialogues[utt.dialogue].append(utt)
+    previous: dict[str, list[str]] = {}
+    for turns_of_dialogue in dialogues.values():
+        ordered = sorted(turns_of_dialogue, key=lambda u: (u.turn is None, u.turn))
+        for position, utt in enumerate(ordered):
+            previous[utt.id] = [u.text for u in ordered[max(0, position - turns):position]]
+    return [replace(u, extra={**u.extra, "context": previous.get(u.id, [])}) for u in utterances]
+
+
+def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: ExtractConfig, run: "_Run"):
+    """Claim work chunk by chunk, lazily, so concurrent runs share the remaining work."""
+    for start in range(0, len(utterances), config.shard_size):
+        chunk = utterances[start:start + config.shard_size]
+        ids = [u.id for u in chunk]
+        parts = []
+        for feature, writer in enumerate(writers):
+            claim = writer.claim(ids, config.retry_failed)
+            if claim is not None:
+                run.claims[(feature, claim.index)] = claim
+                parts.append(TaskPart(feature, claim.index, claim.ids, writer.dir))
+        if parts:
+            needed = {i for part in parts for i in part.ids}
+            yield Task(f"{start}", [u for u in chunk if u.id in needed], parts)
+
+
+class _Run:
+    def __init__(self, config: ExtractConfig, jobs, writers, summaries, total: int):
+        self.config = config
+        self.jobs = jobs
+        self.writers = writers
+        self.summaries = summaries
+        self.claims: dict[tuple[int, int], Claim] = {}
+        self.stopped: Optional[str] = None
+        self.progress = _progress_bar(total, config.progress)
+
+    def execute(self, tasks) -> None:
+        if self.config.workers <= 1:
+            for task in tasks:
+                self._commit(task, run_task(task, self.jobs, self.config, self.progress.update))
+                if self.stopped:
+                    return
+        else:
+            self._execute_in_pool(tasks)
+
+    def _execute_in_pool(self, tasks) -> None:
+        pending: list[Task] = []  # tasks whose worker died, to run again
+        tasks = iter(tasks)
+        pool = _new_pool(self.config.workers)
+        running: dict[cf.Future, Task] = {}
+        try:
+            while True:
+                while len(running) < 2 * self.config.workers and not self.stopped:
+                    task = pending.pop() if pending else next(tasks, None)
+                    if task is None:
+                        break
+                    running[pool.submit(run_task, task, self.jobs, self.config)] = task
+                if not running:
+                    return
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    task = running.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool:
+                        pending.extend(self._retry_or_fail(t) for t in [task, *running.values()])
+                        pending = [t for t in pending if t is not None]
+                        running.clear()
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool = _new_pool(self.config.workers)
+                        break
+                    self._commit(task, results)
+                    self.progress.update(sum(len(p.ids) for p in task.parts))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _retry_or_fail(self, task: Task) -> Optional[Task]:
+        task.attempts += 1
+        if task.attempts < MAX_TASK_ATTEMPTS:
+            return task
+        reason = f"a worker process died {task.attempts} times on this shard (out of memory?)"
+        self._commit(task, [PartResult(p.feature, p.claim_index, None, 0, {i: reason for i in p.ids})
+                            for p in task.parts])
+        return None
+
+    def _commit(self, task: Task, results: list[PartResult]) -> None:
+        for result in results:
+            claim = self.claims.pop((result.feature, result.claim_index))
+            self.writers[result.feature].commit(claim, result.temp_path, result.failures)
+            summary = self.summaries[result.feature]
+            summary.done += result.stored
+            summary.failed.update(result.failures)
+            if result.failures and self.config.strict and not self.stopped:
+                utt_id, reason = next(iter(result.failures.items()))
+                self.stopped = f"--strict: {utt_id}: {reason}"
+
+    def close(self) -> None:
+        self.progress.close()
+        for (feature, _), claim in list(self.claims.items()):
+            self.writers[feature].release(claim)
+        self.claims.clear()
+        for writer in self.writers:
+            writer.refresh_manifest()
+
+
+def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(threads,))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", desc="extract", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def format_summary(summary: ExtractSummary) -> str:
+    lines = [f"corpus {summary.corpus}: {summary.seconds:.1f} s"]
+    header = f"  {'feature':<28} {'done':>7} {'cached':>7} {'failed':>7} {'failed before':>14}  config"
+    lines.append(header)
+    for f in summary.features:
+        lines.append(f"  {f.name:<28} {f.done:>7} {f.cached:>7} {len(f.failed):>7} {f.failed_before:>14}  {f.config_hash}")
+    reasons = Counter(reason for f in summary.features for reason in f.failed.values())
+    for f in summary.features:
+        for utt_id, reason in list(f.failed.items())[:5]:
+            lines.append(f"  failed {f.name} {utt_id}: {reason}")
+    if sum(reasons.values()) > 5 * len(summary.features):
+        lines.append(f"  ... {sum(reasons.values())} failures in all; `mer cache info` lists them")
+    if any(f.failed_before for f in summary.features):
+        lines.append("  utterances that failed in an earlier run were skipped; --retry-failed tries them again")
+    if summary.stopped:
+        lines.append(f"  stopped early: {summary.stopped}")
+    return "\n".join(lines)
