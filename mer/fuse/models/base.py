@@ -1,0 +1,211 @@
+"""What every fusion model shares: its config fields, the batch it reads, the output it returns,
+how its losses are formed, and the registry entry that names it.
+
+Batch contract (mer/fuse/data.py produces exactly this; masks are bool, True = real):
+
+  utterance mode (config.sample_unit == "utterance"), one sample = one utterance:
+    audio       (batch, audio_len, audio_dim) float
+    audio_mask  (batch, audio_len) bool
+    text        (batch, text_len, text_dim) float
+    text_mask   (batch, text_len) bool
+    label       (batch,) long for classification, float for regression (num_classes == 1)
+  Utterance-level features (openSMILE functionals, pooled text) arrive as length-1
+  sequences with a mask. Sequences are padded to the longest item of the batch and cut to
+  config.max_audio_frames / max_text_len; a model that needs one fixed length (MFDR) pads
+  inside its forward.
+
+  dialogue mode (config.sample_unit == "dialogue", CM-RoBERTa), one sample = one dialogue
+  of utterance-level vectors in turn order:
+    audio          (batch, utterances, audio_dim)
+    text           (batch, utterances, text_dim)
+    utterance_mask (batch, utterances) bool; audio_mask and text_mask are the same tensor
+    label          (batch, utterances), -100 where padded
+
+  Other keys (e.g. "ids", a list of utterance ids) may be present; models ignore them.
+
+Output: FusionOutput(logits, aux_losses, head_logits). logits (batch, C) or
+(batch, utterances, C); C == 1 is regression. aux_losses are ALREADY weighted by the
+model (weights live in its config): the total loss is the plain sum of the terms that
+`fusion_losses` returns, and the trainer logs each term by name.
+
+Features: each config names the cache features the paper used (audio_feature,
+text_feature) and offline substitutes of the same granularity for `--dataset demo`
+(demo_audio_feature, demo_text_feature). `a+b` joins two features of one granularity by
+concatenation on the last axis (CM-RoBERTa's openSMILE + OpenL3). "word level" means the text
+extractor run with granularity=word (`--set bert-base-uncased.granularity=word`; minilm-l6 is
+word level by default). The papers' choices:
+
+  model       audio (paper -> ours)                  text (paper -> ours)
+  mcsan       40-d MFCC -> mfcc40                    300-d GloVe words -> bert-base-uncased (word level)
+  cm-roberta  emo_large 6552 + OpenL3 6144           RoBERTa-large last 4 layers, pooled
+              -> opensmile-conf:emo_large.conf+openl3-6144-mean  -> roberta-large-last4 (utterance)
+  mcfn        log-MFB + deltas -> logmfb80-d2        RoBERTa-base words -> roberta-base (word level)
+  mfdr        WavLM-base -> wavlm-base-plus          BERT-base words -> bert-base-uncased (word level)
+  mgcma       wav2vec2-base -> wav2vec2-base         bert-base-uncased tokens -> bert-base-uncased
+  demo        frame level: mfcc40 or logmfb80-d2;    word/token level: minilm-l6 (384-d);
+              utterance level: opensmile-egemaps     utterance level: minilm-l6, pooled by the loader
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, ClassVar, Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mer.errors import MerError
+from mer.registry import Registry
+
+SAMPLE_UNITS = ("utterance", "dialogue")
+IGNORE_LABEL = -100  # padded utterances of a dialogue; CrossEntropyLoss's default ignore_index
+
+TaskLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class FusionConfig:
+    """Fields every model config has. A model's config subclasses this, changes the defaults
+    to the paper's and adds its own fields (sizes, ablation switches) as plain fields."""
+
+    # inputs: cache feature names (see the module docstring)
+    audio_feature: str = "mfcc40"
+    text_feature: str = "bert-base-uncased"
+    demo_audio_feature: str = "mfcc40"
+    demo_text_feature: str = "minilm-l6"
+    sample_unit: str = "utterance"  # "utterance" | "dialogue"
+    max_audio_frames: Optional[int] = None  # the loader cuts longer sequences; None = no limit
+    max_text_len: Optional[int] = None
+    normalize_inputs: bool = True  # the loader z-normalises each input dim with TRAINING-split statistics
+
+    # model
+    hidden: int = 128
+    dropout: float = 0.1
+
+    # training (read by the trainer)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 30
+    patience: Optional[int] = None  # epochs without a better `monitor` before stopping; None = run max_epochs
+    monitor: str = "loss"  # validation quantity for early stopping and the best checkpoint: "loss" or a metric name
+    lr_schedule: str = "constant"  # see lr_factor
+    per_corpus: dict = field(default_factory=dict)  # {"meld": {"lr": 5e-4}, ...}: applied by for_corpus
+
+    # ablation switches -> values to try besides the default; the tests run every one
+    ablations: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        if self.sample_unit not in SAMPLE_UNITS:
+            raise MerError(f"sample_unit must be one of {SAMPLE_UNITS}, got {self.sample_unit!r}")
+        lr_factor(self.lr_schedule, 0, 1)  # rejects an unknown schedule now, not at epoch 1
+
+    @classmethod
+    def tiny(cls) -> "FusionConfig":
+        """A few-thousand-parameter variant for tests; every model config overrides it."""
+        return cls(hidden=8, batch_size=4, max_epochs=2)
+
+    def for_corpus(self, corpus: Optional[str]) -> "FusionConfig":
+        """The config with the paper's per-corpus settings applied (e.g. MCSAN's MELD lr)."""
+        return apply_overrides(self, self.per_corpus.get(corpus or "", {}))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FusionOutput:
+    logits: Tensor  # (batch, C) or (batch, utterances, C); C == 1: regression
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)  # already weighted; summed into the total
+    head_logits: dict[str, Tensor] = field(default_factory=dict)  # per-branch classifiers (late fusion, MCFN)
+
+
+def fusion_losses(model: nn.Module, output: FusionOutput, labels: Tensor, task_loss: TaskLoss) -> dict[str, Tensor]:
+    """Named loss terms; the total is their sum. A model that needs more than one task term
+    (late fusion, MCFN) defines `losses(output, labels, task_loss)` returning every term,
+    its aux losses included. Pass the unwrapped model (not a DDP wrapper)."""
+    custom = getattr(model, "losses", None)
+    if custom is not None:
+        return custom(output, labels, task_loss)
+    return {"task": task_loss(output.logits, labels), **output.aux_losses}
+
+
+def task_loss_for(num_classes: int) -> TaskLoss:
+    """Cross-entropy for classification, L1 (MAE) for regression; any leading shape, -100 ignored."""
+
+    def classification(logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_LABEL)
+
+    def regression(logits: Tensor, labels: Tensor) -> Tensor:
+        labels = labels.reshape(-1).to(logits.dtype)
+        real = labels != IGNORE_LABEL
+        return F.l1_loss(logits.reshape(-1)[real], labels[real])
+
+    return regression if num_classes == 1 else classification
+
+
+def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:
+    """Learning-rate multiplier at a 0-based epoch. "constant": 1. "step:F:G": G from epoch
+    F * max_epochs on (MFDR: "step:0.5:0.1", x0.1 at half of the epochs)."""
+    if schedule == "constant":
+        return 1.0
+    kind, _, rest = schedule.partition(":")
+    try:
+        fraction, gamma = (float(part) for part in rest.split(":"))
+    except ValueError:
+        kind = "invalid"
+    if kind != "step":
+        raise MerError(f"lr_schedule must be 'constant' or 'step:FRACTION:GAMMA', got {schedule!r}")
+    return gamma if epoch >= math.ceil(fraction * max_epochs) else 1.0
+
+
+def apply_overrides(config: FusionConfig, overrides: dict) -> FusionConfig:
+    """`replace` with checked names; strings from the command line take the field's type."""
+    known = {f.name: f for f in fields(config)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise MerError(f"unknown option(s) {', '.join(unknown)} for {type(config).__name__}; "
+                       f"known: {', '.join(sorted(known))}")
+    return replace(config, **{name: _coerce(getattr(config, name), value) for name, value in overrides.items()})
+
+
+def _coerce(current, value):
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise MerError(f"expected a boolean (true/false), got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if value.lower() in ("none", "null"):
+        return None
+    if isinstance(current, (int, float)):
+        try:
+            return type(current)(value)
+        except ValueError:
+            raise MerError(f"expected {type(current).__name__}, got {value!r}") from None
+    try:
+        return json.loads(value)  # dicts, lists, and numbers for fields whose default is None
+    except json.JSONDecodeError:
+        return value
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    model_class: type  # called as model_class(config, num_classes, audio_dim, text_dim)
+    config_class: type
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, config_class: type):
+    """Class decorator: `@register_model("mcsan", MCSANConfig)`."""
+
+    def add(model_class: type) -> type:
+        MODELS.register(name)(ModelEntry(name, model_class, config_class))
+        return model_class
+
+    return add

@@ -1,0 +1,104 @@
+"""Reference points every fusion model should beat: `audio-only`, `text-only`, `concat`
+(early fusion of pooled features) and `late` (decision fusion).
+
+Each modality is summarised by the masked mean and the masked max over its sequence,
+concatenated (2 x dim): for an utterance-level feature (a length-1 sequence) both are the
+vector itself. An MLP (Linear -> ReLU -> Dropout -> Linear) classifies.
+
+`late`: one MLP per modality; the prediction is the average of the two heads'
+probabilities (regression: of their outputs), returned as log-probabilities so that
+softmax(logits) is the averaged distribution. Each head has its own loss term ("audio",
+"text"), so each learns to classify alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mer.fuse.blocks import ClassifierHead, masked_max, masked_mean
+from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, register_model
+
+
+@dataclass
+class BaselineConfig(FusionConfig):
+    audio_feature: str = "wavlm-base-plus"
+    text_feature: str = "roberta-base"
+    demo_audio_feature: str = "mfcc40"
+    demo_text_feature: str = "minilm-l6"
+    hidden: int = 256
+    dropout: float = 0.3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 50
+    patience: int = 8
+
+    @classmethod
+    def tiny(cls) -> "BaselineConfig":
+        return cls(hidden=8, batch_size=4, max_epochs=2)
+
+
+def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
+    """(batch, time, dim) -> (batch, 2 * dim)."""
+    return torch.cat([masked_mean(sequence, mask), masked_max(sequence, mask)], dim=-1)
+
+
+@register_model("audio-only", BaselineConfig)
+class AudioOnly(nn.Module):
+    def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
+        super().__init__()
+        self.config, self.num_classes = config, num_classes
+        self.head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        return FusionOutput(self.head(mean_max_pool(batch["audio"], batch["audio_mask"])))
+
+
+@register_model("text-only", BaselineConfig)
+class TextOnly(nn.Module):
+    def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
+        super().__init__()
+        self.config, self.num_classes = config, num_classes
+        self.head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        return FusionOutput(self.head(mean_max_pool(batch["text"], batch["text_mask"])))
+
+
+@register_model("concat", BaselineConfig)
+class ConcatFusion(nn.Module):
+    def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
+        super().__init__()
+        self.config, self.num_classes = config, num_classes
+        self.head = ClassifierHead(2 * (audio_dim + text_dim), num_classes, config.hidden, config.dropout)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        audio_pooled = mean_max_pool(batch["audio"], batch["audio_mask"])  # (batch, 2 * audio_dim)
+        text_pooled = mean_max_pool(batch["text"], batch["text_mask"])  # (batch, 2 * text_dim)
+        return FusionOutput(self.head(torch.cat([audio_pooled, text_pooled], dim=-1)))
+
+
+@register_model("late", BaselineConfig)
+class LateFusion(nn.Module):
+    def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
+        super().__init__()
+        self.config, self.num_classes = config, num_classes
+        self.audio_head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
+        self.text_head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        audio_logits = self.audio_head(mean_max_pool(batch["audio"], batch["audio_mask"]))  # (batch, C)
+        text_logits = self.text_head(mean_max_pool(batch["text"], batch["text_mask"]))
+        if self.num_classes == 1:
+            fused = (audio_logits + text_logits) / 2
+        else:  # log of the mean of the two distributions, computed in log space
+            log_probs = torch.stack([audio_logits.log_softmax(-1), text_logits.log_softmax(-1)])
+            fused = torch.logsumexp(log_probs, dim=0) - math.log(2)
+        return FusionOutput(fused, head_logits={"audio": audio_logits, "text": text_logits})
+
+    def losses(self, output: FusionOutput, labels: Tensor, task_loss: TaskLoss) -> dict[str, Tensor]:
+        return {name: task_loss(logits, labels) for name, logits in output.head_logits.items()}

@@ -1,0 +1,147 @@
+"""MCSAN: Multimodal Cross- and Self-Attention Network (Sun, Liu, Tao, Lian; ICASSP 2022).
+papers/mcsan-multimodal-cross-self-attention.txt.
+
+    audio (MFCC) -> 2 x [Conv1d(k3) -> MaxPool1d(k3)] -> BiLSTM (directions averaged) -> H_a
+    text (words) -> BiLSTM (directions averaged) -> H_l
+    H_a, H_l + positions -> cross module (N x [a<-l and l<-a attention, Add&Norm, FF, Add&Norm]) -> H_a^c, H_l^c
+                         -> self modules, in PARALLEL (N x [self-attention, Add&Norm, FF, Add&Norm]) -> H_a^s, H_l^s
+    global max-pool over time of each of the 4 -> concat -> FC -> C
+
+Defaults (paper, section 3.2): d = 128, 8 heads, N = 1, kernel 3 for conv and pool, Adam
+lr 1e-3 (IEMOCAP) / 5e-4 (MELD), batch 256, at most 30 (IEMOCAP) / 20 (MELD) epochs,
+MFCC cut to 1000 frames and z-normalised (training-split statistics, by the loader).
+
+Where the paper is vague, this implementation decides:
+  1. Conv1d: `hidden` (d) output channels, stride 1, zero "same" padding (k // 2), and NO
+     activation: the paper defines ConvBlock = MaxPool(Conv1D(.)) (eq. 1) and names none.
+  2. MaxPool1d: kernel 3, stride 3 (PyTorch's default stride = kernel), ceil_mode=True so a
+     clip shorter than 9 frames (MELD has 64 ms clips) keeps at least one step; a partial
+     last window pools only its real frames. The mask follows: a pooled step is real iff
+     its window holds a real frame. Padded frames are zeroed before each conv (so a real
+     frame next to padding sees what it sees at the end of an unpadded clip: zero).
+  3. BiLSTM: one layer, d units per direction, averaged -> d (eq. 3, 5); packed by length.
+  4. Positional embedding: the sinusoids of [18], added once to H_a and H_l (no scaling);
+     the self-attention modules "are similar to the cross-attention module", so they read
+     the same position-embedded sequences (the sinusoids have no parameters to share).
+  5. Multi-head attention as in [18]: per-head scale 1/sqrt(d / heads) (eq. 9 writes
+     sqrt(d) for one head), an output projection, separate weights for each direction
+     (audio<-text owns W_a^Q and W_l^K, W_l^V; text<-audio the others) and each module.
+     Both directions of a cross layer read the layer's inputs (a simultaneous update).
+  6. Feed-forward: Linear(d, 4d) -> ReLU -> Linear(4d, d) as in [18]; one per modality.
+  7. Dropout 0.1 (the Transformer's default; the paper names none) on attention weights,
+     sub-layer outputs and the pooled vector before the FC.
+  8. Classifier: ONE linear layer 4d -> C (the "FC" of Fig. 1), softmax in the loss.
+  9. Training: no weight decay, no early stopping (patience None): train the paper's
+     maximum epochs and keep the checkpoint best on the validation split.
+ 10. Sequential ablations ("cross + self (seq)", "self + cross (seq)"): blocks of one cross
+     and one self layer in that order, repeated N times; the classifier pools the last
+     block's two outputs (2d -> C). With N = 1, the paper's setting, layer- and module-wise
+     stacking coincide. `no_self` / `no_cross` likewise pool the remaining module's pair.
+
+Ablations: no_self, no_cross, order = parallel | cross_self | self_cross, layers = N.
+Paper: IEMOCAP 7-class 10-fold WA 0.612 +/- 0.012, UA 0.560 +/- 0.019; MELD weighted F1 0.592.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mer.errors import MerError
+from mer.fuse.blocks import (ORDERS, BiLSTMEncoder, ClassifierHead, CrossSelfAttentionUnit, SinusoidalPositions,
+                             masked_max)
+from mer.fuse.models.base import FusionConfig, FusionOutput, register_model
+
+
+@dataclass
+class MCSANConfig(FusionConfig):
+    audio_feature: str = "mfcc40"
+    text_feature: str = "bert-base-uncased"  # word level; the paper used 300-d GloVe words
+    demo_audio_feature: str = "mfcc40"
+    demo_text_feature: str = "minilm-l6"
+    max_audio_frames: Optional[int] = 1000
+    hidden: int = 128
+    dropout: float = 0.1
+    heads: int = 8
+    layers: int = 1
+    ff_dim: Optional[int] = None  # None: 4 * hidden
+    kernel_size: int = 3  # conv and max-pool
+    no_self: bool = False
+    no_cross: bool = False
+    order: str = "parallel"  # "parallel" | "cross_self" | "self_cross"
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    per_corpus: dict = field(default_factory=lambda: {"iemocap": {"lr": 1e-3, "max_epochs": 30},
+                                                      "meld": {"lr": 5e-4, "max_epochs": 20}})
+
+    ablations: ClassVar[dict] = {"no_self": (True,), "no_cross": (True,), "order": ("cross_self", "self_cross"),
+                                 "layers": (2, 3)}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.order not in ORDERS:
+            raise MerError(f"mcsan: order must be one of {ORDERS}, got {self.order!r}")
+        if self.no_self and self.no_cross:
+            raise MerError("mcsan: no_self and no_cross together leave no attention module")
+        if self.hidden % self.heads:
+            raise MerError(f"mcsan: hidden {self.hidden} must be divisible by heads {self.heads}")
+
+    @classmethod
+    def tiny(cls) -> "MCSANConfig":
+        return cls(hidden=8, heads=2, ff_dim=16, batch_size=4, max_epochs=2)
+
+
+class ConvPoolLSTMEncoder(nn.Module):
+    """MCSAN's audio encoder (eq. 1-3): 2 x [Conv1d -> MaxPool1d] -> BiLSTM, directions averaged."""
+
+    def __init__(self, audio_dim: int, hidden: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.convs = nn.ModuleList([nn.Conv1d(audio_dim, hidden, kernel_size, padding=kernel_size // 2),
+                                    nn.Conv1d(hidden, hidden, kernel_size, padding=kernel_size // 2)])
+        self.lstm = BiLSTMEncoder(hidden, hidden, merge="mean")
+
+    def forward(self, audio: Tensor, audio_mask: Tensor) -> tuple[Tensor, Tensor]:
+        features, mask = audio, audio_mask  # (batch, frames, audio_dim)
+        for conv in self.convs:
+            channels_first = conv((features * mask[..., None]).transpose(1, 2))  # (batch, hidden, frames)
+            features, mask = self._masked_max_pool(channels_first, mask)  # (batch, frames / k, hidden)
+        return self.lstm(features, mask), mask
+
+    def _masked_max_pool(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.kernel_size
+        x = x.masked_fill(~mask[:, None, :], torch.finfo(x.dtype).min)
+        pooled = F.max_pool1d(x, k, k, ceil_mode=True).transpose(1, 2)  # (batch, ceil(frames / k), hidden)
+        pooled_mask = F.max_pool1d(mask[:, None, :].float(), k, k, ceil_mode=True)[:, 0] > 0
+        return pooled * pooled_mask[..., None], pooled_mask
+
+
+@register_model("mcsan", MCSANConfig)
+class MCSAN(nn.Module):
+    def __init__(self, config: MCSANConfig, num_classes: int, audio_dim: int, text_dim: int):
+        super().__init__()
+        self.config, self.num_classes = config, num_classes
+        d = config.hidden
+        self.audio_encoder = ConvPoolLSTMEncoder(audio_dim, d, config.kernel_size)
+        self.text_encoder = BiLSTMEncoder(text_dim, d, merge="mean")
+        self.positions = SinusoidalPositions(d)
+        self.attention = CrossSelfAttentionUnit(d, config.heads, config.layers, config.ff_dim, config.dropout,
+                                                order=config.order, use_cross=not config.no_cross,
+                                                use_self=not config.no_self)
+        self.classifier = ClassifierHead(2 * self.attention.num_outputs * d, num_classes, dropout=config.dropout)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        audio_hidden, audio_mask = self.audio_encoder(batch["audio"], batch["audio_mask"])  # (batch, frames/9, d)
+        text_mask = batch["text_mask"]
+        text_hidden = self.text_encoder(batch["text"], text_mask)  # (batch, words, d)
+        audio_hidden = self.positions(audio_hidden) * audio_mask[..., None]
+        text_hidden = self.positions(text_hidden) * text_mask[..., None]
+        pooled = []
+        for audio_out, text_out in self.attention(audio_hidden, audio_mask, text_hidden, text_mask):
+            pooled += [masked_max(audio_out, audio_mask), masked_max(text_out, text_mask)]  # (batch, d) each
+        return FusionOutput(self.classifier(torch.cat(pooled, dim=-1)))  # (batch, C)
