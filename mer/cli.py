@@ -67,7 +67,8 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 @click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none.")
 @click.option("--features", required=True, help="Comma-separated extractor names (see `mer list extractors`).")
 @click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared).")
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (> 1: a local dask cluster).")
+@click.option("--scheduler", metavar="ADDR", help="Submit to an existing dask.distributed scheduler (tcp://host:8786).")
 @click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on).")
 @click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs.")
 @click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE",
@@ -80,7 +81,7 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def extract(dataset, root, features, cache, workers, strict, retry_failed, settings, shard_size, batch_seconds,
+def extract(dataset, root, features, cache, workers, scheduler, strict, retry_failed, settings, shard_size, batch_seconds,
             device, dtype, compression, no_progress, as_json) -> None:
     """Decode a corpus once and write every requested feature into the cache (resumable)."""
     from mer.extract.runner import ExtractConfig, extract as run_extract, format_summary
@@ -88,7 +89,7 @@ def extract(dataset, root, features, cache, workers, strict, retry_failed, setti
     names = [f.strip() for f in features.split(",") if f.strip()]
     corpus_options, feature_options = parse_settings(settings, names)
     config = ExtractConfig(dataset=dataset, root=root, features=names, cache=cache, corpus_options=corpus_options,
-                           feature_options=feature_options, workers=workers, strict=strict,
+                           feature_options=feature_options, workers=workers, scheduler=scheduler, strict=strict,
                            retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
                            device=_device(device), dtype=dtype, compression=compression, progress=not no_progress)
     summary = run_extract(config)

@@ -48,14 +48,6 @@ def stored_copies(cache):
     return counts
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    mer("extract", *DEMO, "--set", f"corpus.seed=0", "--root", root, "--features", "mfcc40",
-        "--cache", tmp_path_factory.mktemp("warm"), "--no-progress", check=0)  # generate the audio once
-    return root
-
-
 def test_demo_extract_verify_and_rerun_is_all_cached(tmp_path, demo_root):
     cache = tmp_path / "cache"
     run = mer("extract", *DEMO, "--root", demo_root, "--features", "mfcc40,logmfb80-d2,opensmile-egemaps",

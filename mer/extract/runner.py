@@ -10,14 +10,11 @@ utterance is recorded with its reason and the run goes on (`strict` stops at the
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
 import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,7 +29,6 @@ from mer.data.utterance import Corpus, Utterance, write_utterances
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
 
-MAX_TASK_ATTEMPTS = 3
 
 
 @dataclass
@@ -43,7 +39,8 @@ class ExtractConfig:
     root: Optional[Path] = None
     corpus_options: dict = field(default_factory=dict)
     feature_options: dict = field(default_factory=dict)  # feature name -> {option: value}
-    workers: int = 1
+    workers: int = 1  # > 1: a local dask cluster of this many worker processes
+    scheduler: Optional[str] = None  # address of an existing dask.distributed scheduler
     strict: bool = False
     retry_failed: bool = False
     shard_size: int = 128
@@ -323,53 +320,57 @@ class _Run:
         self.progress = _progress_bar(total, config.progress)
 
     def execute(self, tasks) -> None:
-        if self.config.workers <= 1:
+        if self.config.workers <= 1 and not self.config.scheduler:
             for task in tasks:
                 self._commit(task, run_task(task, self.jobs, self.config, self.progress.update))
                 if self.stopped:
                     return
         else:
-            self._execute_in_pool(tasks)
+            self._execute_on_dask(tasks)
 
-    def _execute_in_pool(self, tasks) -> None:
-        pending: list[Task] = []  # tasks whose worker died, to run again
-        tasks = iter(tasks)
-        pool = _new_pool(self.config.workers)
-        running: dict[cf.Future, Task] = {}
+    def _execute_on_dask(self, tasks) -> None:
+        """Tasks go to dask workers, at most two per worker in flight, so that claims stay close
+        to the work being done and concurrent runs can share what is left. The scheduler reruns
+        the task of a worker that died; a task that kills workers repeatedly fails its utterances."""
+        from dask.distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        client, cluster = _dask_client(self.config)
         try:
-            while True:
-                while len(running) < 2 * self.config.workers and not self.stopped:
-                    task = pending.pop() if pending else next(tasks, None)
-                    if task is None:
-                        break
-                    running[pool.submit(run_task, task, self.jobs, self.config)] = task
-                if not running:
-                    return
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    task = running.pop(future)
-                    try:
-                        results = future.result()
-                    except BrokenProcessPool:
-                        pending.extend(self._retry_or_fail(t) for t in [task, *running.values()])
-                        pending = [t for t in pending if t is not None]
-                        running.clear()
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        pool = _new_pool(self.config.workers)
-                        break
-                    self._commit(task, results)
-                    self.progress.update(sum(len(p.ids) for p in task.parts))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            in_flight = max(2, 2 * len(client.scheduler_info()["workers"]))
+            tasks = iter(tasks)
+            futures = as_completed()
+            owner: dict = {}
 
-    def _retry_or_fail(self, task: Task) -> Optional[Task]:
-        task.attempts += 1
-        if task.attempts < MAX_TASK_ATTEMPTS:
-            return task
-        reason = f"a worker process died {task.attempts} times on this shard (out of memory?)"
-        self._commit(task, [PartResult(p.feature, p.claim_index, None, 0, {i: reason for i in p.ids})
-                            for p in task.parts])
-        return None
+            def submit_next() -> bool:
+                task = next(tasks, None) if not self.stopped else None
+                if task is None:
+                    return False
+                future = client.submit(run_task, task, self.jobs, self.config, pure=False, key=f"extract-{task.key}-{uuid.uuid4().hex[:6]}")
+                owner[future.key] = task
+                futures.add(future)
+                return True
+
+            for _ in range(in_flight):
+                if not submit_next():
+                    break
+            for future in futures:
+                task = owner.pop(future.key)
+                try:
+                    results = future.result()
+                except KilledWorker as exc:
+                    results = self._failed_results(task, f"dask workers died running this shard ({exc})")
+                self._commit(task, results)
+                self.progress.update(sum(len(p.ids) for p in task.parts))
+                submit_next()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    @staticmethod
+    def _failed_results(task: Task, reason: str) -> list[PartResult]:
+        return [PartResult(p.feature, p.claim_index, None, 0, {i: reason for i in p.ids}) for p in task.parts]
 
     def _commit(self, task: Task, results: list[PartResult]) -> None:
         for result in results:
@@ -391,16 +392,21 @@ class _Run:
             writer.refresh_manifest()
 
 
-def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_init_worker, initargs=(threads,))
+def _dask_client(config: ExtractConfig):
+    """A client for `--scheduler ADDR`, or a local cluster of `--workers` processes."""
+    from dask.distributed import Client, LocalCluster
 
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
+    if config.scheduler:
+        try:
+            return Client(config.scheduler, timeout=30), None
+        except OSError as exc:
+            raise MerError(f"cannot reach the dask scheduler at {config.scheduler} ({exc}); "
+                           "check the address or start one with `dask scheduler`") from None
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40, env={"OMP_NUM_THREADS": str(threads),
+                                                                        "MKL_NUM_THREADS": str(threads)})
+    return Client(cluster), cluster
 
 
 def _progress_bar(total: int, enabled: bool):
