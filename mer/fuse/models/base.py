@@ -96,6 +96,8 @@ class FusionConfig:
 
     # ablation switches -> values to try besides the default; the tests run every one
     ablations: ClassVar[dict] = {}
+    # the paper's reported numbers: {protocol: {metric: value in [0, 1]}}, printed beside ours
+    paper_results: ClassVar[dict] = {}
 
     def __post_init__(self):
         if self.sample_unit not in SAMPLE_UNITS:
@@ -132,11 +134,14 @@ def fusion_losses(model: nn.Module, output: FusionOutput, labels: Tensor, task_l
     return {"task": task_loss(output.logits, labels), **output.aux_losses}
 
 
-def task_loss_for(num_classes: int) -> TaskLoss:
-    """Cross-entropy for classification, L1 (MAE) for regression; any leading shape, -100 ignored."""
+def task_loss_for(num_classes: int, class_weights: Optional[Tensor] = None) -> TaskLoss:
+    """Cross-entropy (optionally class-weighted) for classification, L1 (MAE) for regression;
+    any leading shape, -100 ignored."""
 
     def classification(logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_LABEL)
+        weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), weight=weight,
+                               ignore_index=IGNORE_LABEL)
 
     def regression(logits: Tensor, labels: Tensor) -> Tensor:
         labels = labels.reshape(-1).to(logits.dtype)

@@ -1,0 +1,124 @@
+"""What a run writes: metrics.json (one shape for every protocol), predictions.csv,
+confusion.png, curves.png; and the results table printed beside the paper's numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mer.fuse.metrics import summarise
+
+
+def metrics_document(model: str, corpus: str, protocol: str, folds: list, extra: Optional[dict] = None) -> dict:
+    """`{"model", "corpus", "protocol", "folds": [{"fold", "dev", "test"}], "summary": {"test": {m: {mean, std}}}}`."""
+    rows = [{"fold": f.fold, "best_epoch": f.best_epoch, "dev": f.dev, "test": f.test} for f in folds]
+    return {"model": model, "corpus": corpus, "protocol": protocol, "folds": rows,
+            "summary": {"dev": summarise([f.dev for f in folds]), "test": summarise([f.test for f in folds])},
+            **(extra or {})}
+
+
+def write_metrics(run_dir: Path, document: dict) -> None:
+    (Path(run_dir) / "metrics.json").write_text(json.dumps(document, indent=1, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_predictions(run_dir: Path, folds: list, labels: Optional[list[str]]) -> None:
+    path = Path(run_dir) / "predictions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        header = ["fold", "split", "id", "target", "prediction"]
+        header += [f"p_{name}" for name in labels] if labels else []
+        writer.writerow(header)
+        for fold in folds:
+            for split, predictions in (("dev", fold.dev_predictions), ("test", fold.test_predictions)):
+                for i, utt_id in enumerate(predictions.ids):
+                    writer.writerow(_prediction_row(fold.fold, split, utt_id, predictions, i, labels))
+
+
+def _prediction_row(fold, split, utt_id, predictions, i, labels) -> list:
+    if labels:
+        probs = predictions.outputs[i]
+        return [fold, split, utt_id, labels[int(predictions.targets[i])], labels[int(probs.argmax())],
+                *(f"{p:.5f}" for p in probs)]
+    return [fold, split, utt_id, f"{predictions.targets[i]:.4f}", f"{predictions.outputs[i]:.4f}"]
+
+
+def plot_confusion(run_dir: Path, folds: list, labels: Optional[list[str]]) -> None:
+    """Test confusion summed over folds, row-normalised (recall per true class), counts annotated."""
+    if not labels:
+        return
+    plt = _pyplot()
+    counts = np.zeros((len(labels), len(labels)), dtype=int)
+    for fold in folds:
+        counts += np.asarray(fold.test["confusion"], dtype=int)
+    recall = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.6 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                    color="white" if recall[i, j] > 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
+    fig.colorbar(image, ax=ax, label="recall")
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "confusion.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(run_dir: Path, folds: list, monitor: str) -> None:
+    """Training loss terms and dev loss / monitored metric per epoch, one line per fold."""
+    plt = _pyplot()
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for fold in folds:
+        epochs = [h["epoch"] + 1 for h in fold.history]
+        loss_ax.plot(epochs, [h["train"]["total"] for h in fold.history], label=f"{fold.fold} train")
+        loss_ax.plot(epochs, [h["dev"]["loss"] for h in fold.history], "--", label=f"{fold.fold} dev")
+        metric = monitor if monitor != "loss" else ("accuracy" if "accuracy" in fold.history[0]["dev"] else "mae")
+        metric_ax.plot(epochs, [h["dev"].get(metric, np.nan) for h in fold.history], label=fold.fold)
+        metric_ax.axvline(fold.best_epoch + 1, color="grey", lw=0.5)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train total, dev task)")
+    metric_ax.set(xlabel="epoch", ylabel=metric, title=f"dev {metric} (grey: best epoch)")
+    if len(folds) <= 5:
+        loss_ax.legend(fontsize=7)
+        metric_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def results_table(document: dict, paper: Optional[dict] = None) -> str:
+    """Mean +/- std of each test metric, with the paper's number beside it where there is one."""
+    summary = document["summary"]["test"]
+    paper = paper or {}
+    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {len(document['folds'])} fold(s))",
+             f"  {'metric':<12} {'ours':>17} {'paper':>8}"]
+    for metric, stats in summary.items():
+        ours = "n/a" if stats["mean"] is None else f"{stats['mean']:.4f} +/- {stats['std']:.4f}"
+        theirs = f"{paper[metric]:.4f}" if metric in paper else ""
+        lines.append(f"  {metric:<12} {ours:>17} {theirs:>8}")
+    return "\n".join(lines)

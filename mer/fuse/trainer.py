@@ -1,0 +1,192 @@
+"""The one training loop every model uses: read it top to bottom.
+
+Per fold: seed, build the optimiser from the model config, then for each epoch train on
+every batch (all loss terms summed, each logged by name), evaluate on dev, keep the best
+state by the config's `monitor`, stop after `patience` epochs without improvement; finally
+reload the best state and predict dev and test."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mer.fuse.metrics import compute_metrics
+from mer.fuse.models.base import IGNORE_LABEL, FusionConfig, fusion_losses, lr_factor, task_loss_for
+
+LOWER_IS_BETTER = {"loss", "mae"}
+
+
+@dataclass
+class TrainerConfig:
+    """Run-level settings, not the model's: where and how to train."""
+
+    device: str = "cpu"
+    seed: int = 0
+    amp: bool = True  # mixed precision, on CUDA only
+    class_weights: bool = False  # inverse-frequency weights in the cross-entropy
+    deterministic: bool = True  # deterministic algorithms (always on CPU)
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    targets: np.ndarray  # class indices, or floats for regression
+    outputs: np.ndarray  # (n, C) probabilities, or (n,) regression values
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.outputs if self.outputs.ndim == 1 else self.outputs.argmax(axis=1)
+
+
+@dataclass
+class FoldResult:
+    fold: str
+    best_epoch: int
+    history: list[dict]
+    dev: dict
+    test: dict
+    dev_predictions: Predictions
+    test_predictions: Predictions
+    state_dict: dict = field(repr=False, default_factory=dict)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, fold: str,
+               train_batches: Callable[[int], Iterable[dict]], dev_batches: Callable[[], Iterable[dict]],
+               test_batches: Callable[[], Iterable[dict]], labels: Optional[list[str]],
+               train_targets: Optional[np.ndarray] = None, log: Callable[[str], None] = print) -> FoldResult:
+    """`train_batches(epoch)` yields the training batches of one epoch (shuffled by epoch);
+    `dev_batches()` and `test_batches()` yield evaluation batches."""
+    seed_everything(trainer.seed, trainer.deterministic)
+    device = torch.device(trainer.device)
+    model.to(device)
+    num_classes = len(labels) if labels else 1
+    task_loss = task_loss_for(num_classes, _class_weights(train_targets, num_classes) if trainer.class_weights else None)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = trainer.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    best_score, best_epoch, best_state, epochs_without_gain = math.inf, -1, None, 0
+    history = []
+    for epoch in range(config.max_epochs):
+        started = time.time()
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr * lr_factor(config.lr_schedule, epoch, config.max_epochs)
+        model.train()
+        train_terms: dict[str, float] = {}
+        batches = 0
+        for batch in train_batches(epoch):
+            batch = _to_device(batch, device)
+            with torch.autocast(device.type, enabled=use_amp):
+                output = model(batch)
+                terms = fusion_losses(model, output, batch["label"], task_loss)
+                total = sum(terms.values())
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if trainer.grad_clip:
+                scaler.unscale_(optimiser)
+                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+            scaler.step(optimiser)
+            scaler.update()
+            for name, value in terms.items():
+                train_terms[name] = train_terms.get(name, 0.0) + float(value.detach())
+            train_terms["total"] = train_terms.get("total", 0.0) + float(total.detach())
+            batches += 1
+        train_terms = {name: value / max(1, batches) for name, value in train_terms.items()}
+        dev_loss, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
+        dev_metrics = {"loss": dev_loss, **_numbers(compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels))}
+        score = _score(dev_metrics, config.monitor)
+        improved = score < best_score
+        if improved:
+            best_score, best_epoch, epochs_without_gain = score, epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            epochs_without_gain += 1
+        history.append({"epoch": epoch, "lr": optimiser.param_groups[0]["lr"], "train": train_terms,
+                        "dev": dev_metrics, "seconds": time.time() - started})
+        log(_epoch_line(fold, epoch, config.max_epochs, train_terms, dev_metrics, config.monitor, improved,
+                        time.time() - started))
+        if config.patience is not None and epochs_without_gain >= config.patience:
+            log(f"[{fold}] early stop: no better dev {config.monitor} for {config.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    _, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
+    _, test_predictions = evaluate(model, test_batches(), task_loss, device, use_amp)
+    return FoldResult(fold, best_epoch, history,
+                      compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels),
+                      compute_metrics(test_predictions.targets, test_predictions.predicted, labels),
+                      dev_predictions, test_predictions, best_state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict], task_loss, device: torch.device,
+             use_amp: bool = False) -> tuple[float, Predictions]:
+    """Mean task loss over utterances and the per-utterance predictions (dialogues flattened)."""
+    model.eval()
+    ids, targets, outputs, loss_sum, count = [], [], [], 0.0, 0
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with torch.autocast(device.type, enabled=use_amp):
+            logits = model(batch).logits.float()
+        labels = batch["label"]
+        real = (labels != IGNORE_LABEL).reshape(-1)
+        n = int(real.sum())
+        loss_sum += float(task_loss(logits, labels)) * n
+        count += n
+        flat_logits = logits.reshape(-1, logits.size(-1))[real]
+        outputs.append(flat_logits.squeeze(-1) if logits.size(-1) == 1 else flat_logits.softmax(-1))
+        targets.append(labels.reshape(-1)[real])
+        ids.extend(_flat_ids(batch["ids"]))
+    return loss_sum / max(1, count), Predictions(ids, torch.cat(targets).cpu().numpy(), torch.cat(outputs).cpu().numpy())
+
+
+def _flat_ids(ids) -> list[str]:
+    """Dialogue batches carry lists of ids per dialogue; padding has no id."""
+    if ids and isinstance(ids[0], (list, tuple)):
+        return [utt_id for dialogue in ids for utt_id in dialogue]
+    return list(ids)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _class_weights(targets: Optional[np.ndarray], num_classes: int) -> Optional[Tensor]:
+    if targets is None or num_classes < 2:
+        return None
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=num_classes).astype(float)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _score(metrics: dict, monitor: str) -> float:
+    if monitor not in metrics:
+        raise KeyError(f"monitor {monitor!r} is not among the dev metrics {sorted(metrics)}")
+    value = metrics[monitor]
+    return value if monitor in LOWER_IS_BETTER else -value
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _epoch_line(fold, epoch, max_epochs, train_terms, dev_metrics, monitor, improved, seconds) -> str:
+    terms = " ".join(f"{name}={value:.4f}" for name, value in train_terms.items())
+    shown = {k: v for k, v in dev_metrics.items() if k in ("loss", monitor, "accuracy", "weighted_f1", "mae")}
+    dev = " ".join(f"{name}={value:.4f}" for name, value in shown.items())
+    return f"[{fold}] epoch {epoch + 1}/{max_epochs} train {terms} | dev {dev}{' *' if improved else ''} ({seconds:.1f} s)"
