@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from mer.data.utterance import Utterance
+from mer.errors import MerError
 from mer.registry import Registry
 
 CACHE_FORMAT_VERSION = 1
@@ -32,6 +33,7 @@ class FeatureSpec:
     model_id: Optional[str] = None  # hub id or local path of pretrained weights
     model_revision: Optional[str] = None  # hub revision, or a hash of local weights
     inner_shape: Optional[tuple] = None  # per-frame shape when not (dim,), e.g. (layers, dim)
+    options: dict = field(default_factory=dict)  # the factory options it was built with (to rebuild it)
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -44,8 +46,9 @@ class FeatureSpec:
         return tuple(self.inner_shape) if self.inner_shape else (self.dim,)
 
     def hash_fields(self) -> dict:
-        # Everything that changes stored values; not the package version (a release must not
-        # invalidate every cache), nor frame_rate/dim (they follow from config).
+        # Everything that changes stored values. Not the package version (a release must not
+        # invalidate every cache), not `options` (two spellings of one config, layers=last and
+        # layers=-1, share an entry), not frame_rate/dim (they follow from config).
         # Local weights are keyed by their content hash alone, so the same checkpoint at two
         # paths (two people's home directories) shares one cache entry.
         local = bool(self.model_revision and self.model_revision.startswith("sha256:"))
@@ -113,4 +116,20 @@ def build_extractor(name: str, **options: Any) -> Extractor:
 
     base, _, arg = name.partition(":")
     factory = EXTRACTORS.get(base)
-    return factory(arg=arg, **options) if arg else factory(**options)
+    extractor = factory(arg=arg, **options) if arg else factory(**options)
+    extractor.spec = replace(extractor.spec, options={"name": name, **options})
+    return extractor
+
+
+def rebuild_extractor(spec: FeatureSpec) -> Extractor:
+    """The extractor that produced `spec` (from a cache or a run), checked by config hash."""
+    options = dict(spec.options)
+    name = options.pop("name", spec.name)
+    extractor = build_extractor(name, **options)
+    if extractor.spec.dtype != spec.dtype:
+        extractor.spec = replace(extractor.spec, dtype=spec.dtype)
+    if extractor.spec.config_hash != spec.config_hash:
+        raise MerError(f"cannot rebuild {spec.name}@{spec.config_hash}: the same options now give config "
+                       f"{extractor.spec.config_hash} (another package version or other weights); "
+                       "re-extract with the current version")
+    return extractor
