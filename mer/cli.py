@@ -117,6 +117,48 @@ def _summary_dict(summary) -> dict:
                          for f in summary.features]}
 
 
+def _key_values(settings: tuple[str, ...], flag: str) -> dict:
+    out = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise MerError(f"{flag} {setting!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@cli.command()
+@click.option("--model", required=True, help="A fusion model or baseline (see `mer list models`).")
+@click.option("--dataset", "corpus", required=True, help="The corpus name in the cache (demo, meld, iemocap, ...).")
+@click.option("--cache", required=True, type=click.Path(path_type=Path))
+@click.option("--protocol", help="meld, iemocap-loso, iemocap-10fold, iemocap7-10fold, mosei, manifest, demo "
+              "(default: the corpus's own).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a model config field (lr, batch_size, max_epochs, audio_feature, ...). Repeatable.")
+@click.option("--ablation", "ablations", multiple=True, metavar="NAME[=VALUE]", help="An ablation switch of the model.")
+@click.option("--protocol-option", "protocol_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--folds", help="Comma-separated fold names to run (default: all).")
+@click.option("--workers", default=1, show_default=True, help="Folds in parallel on a local dask cluster.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<model>-<corpus>-...).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["cpu", "cuda", "auto"]), show_default=True)
+@click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
+@click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes per fold.")
+def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, folds, workers, out, seed, device,
+         class_weights, loader_workers) -> None:
+    """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""
+    from mer.fuse.run import FuseConfig, run_fuse
+    from mer.fuse.trainer import TrainerConfig
+
+    config = FuseConfig(model=model, corpus=corpus, cache=cache, protocol=protocol,
+                        protocol_options=_key_values(protocol_options, "--protocol-option"),
+                        settings=_key_values(settings, "--set"), ablations=list(ablations), out=out,
+                        workers=workers, folds=folds.split(",") if folds else None,
+                        trainer=TrainerConfig(device=_device(device), seed=seed, class_weights=class_weights),
+                        loader_workers=loader_workers)
+    run_fuse(config, log=lambda line: click.echo(line, err=True) if line.startswith("[") else click.echo(line))
+
+
 @cli.group()
 def cache() -> None:
     """Inspect, verify and clean a feature cache."""
@@ -248,6 +290,34 @@ def list_extractors() -> None:
 
     for name in EXTRACTORS.names():
         click.echo(name)
+
+
+@list_group.command("models")
+@click.option("--cache", type=click.Path(path_type=Path), help="Show whether each model's features are in this cache.")
+@click.option("--dataset", "corpus", help="The corpus to look in (with --cache).")
+def list_models(cache, corpus) -> None:
+    """Each model, its default features (paper's, and the demo's), and whether they are cached."""
+    from mer.cache.reader import FeatureCache
+    from mer.fuse.models import MODELS, model_names
+    from mer.fuse.run import model_features
+
+    present = {}
+    if cache and corpus:
+        present = {f.name for f in FeatureCache(cache).features(corpus)}
+    for name in model_names():
+        config = MODELS.get(name).config_class()
+        paper = model_features(name, config, "paper", {})
+        demo = model_features(name, config, "demo", {})
+        line = f"{name:<12} paper: {_pair(paper):<60} demo: {_pair(demo)}"
+        if present:
+            features = model_features(name, config, corpus, {})
+            missing = [p for f in features.values() if f for p in f.split("+") if p not in present]
+            line += "  cached" if not missing else f"  missing: {', '.join(missing)}"
+        click.echo(line)
+
+
+def _pair(features: dict) -> str:
+    return " + ".join(f"{role}={name}" for role, name in features.items() if name)
 
 
 @list_group.command("corpora")

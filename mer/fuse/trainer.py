@@ -57,6 +57,7 @@ class FoldResult:
     dev_predictions: Predictions
     test_predictions: Predictions
     state_dict: dict = field(repr=False, default_factory=dict)
+    norm_stats: object = None  # the fold's mer.fuse.data.NormStats, saved with the run
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -49,6 +49,7 @@ def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
 
 @register_model("audio-only", BaselineConfig)
 class AudioOnly(nn.Module):
+    inputs = ("audio",)  # the run loads only this feature
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
@@ -60,6 +61,7 @@ class AudioOnly(nn.Module):
 
 @register_model("text-only", BaselineConfig)
 class TextOnly(nn.Module):
+    inputs = ("text",)
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
