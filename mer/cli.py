@@ -159,6 +159,24 @@ def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, 
     run_fuse(config, log=lambda line: click.echo(line, err=True) if line.startswith("[") else click.echo(line))
 
 
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="A `mer fuse` run directory.")
+@click.option("--audio", type=click.Path(path_type=Path), help="An audio file (any format, rate, channels).")
+@click.option("--text", default="", help="The transcript.")
+@click.option("--fold", help="Use one fold's checkpoint (default: average over all folds).")
+@click.option("--json", "as_json", is_flag=True)
+def predict(run_dir, audio, text, fold, as_json) -> None:
+    """Class probabilities for new audio + text, with the run's own feature extractors."""
+    from mer.predict import predict as run_predict
+
+    result = run_predict(run_dir, audio, text, fold)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    for label, value in sorted(result.items(), key=lambda kv: -kv[1]):
+        click.echo(f"{label:<12} {value:.4f}")
+
+
 @cli.group()
 def cache() -> None:
     """Inspect, verify and clean a feature cache."""
