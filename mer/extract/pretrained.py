@@ -131,3 +131,11 @@ def _write_json(path: Path, data: dict) -> None:
         os.replace(tmp, path)
     except OSError:
         pass  # the memo only saves time; without it the hash is recomputed next run
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars or warnings from transformers: a long extraction has its own bar."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -90,7 +90,7 @@ import torch
 
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
-from mer.extract.pretrained import resolve_pretrained
+from mer.extract.pretrained import resolve_pretrained, quiet_transformers
 
 SAMPLE_RATE = 16000
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -342,6 +342,7 @@ class SslExtractor(Extractor):
         from transformers import AutoModel
 
         with quiet_transformers():
+            quiet_transformers()
             model = AutoModel.from_pretrained(str(self.resolved.local_dir))
         if not hasattr(model, "_get_feat_extract_output_lengths"):
             raise SslError(f"{self.resolved.model_id}: {type(model).__name__} has no CNN waveform front end")

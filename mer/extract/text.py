@@ -89,7 +89,7 @@ import torch
 
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
-from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, resolve_pretrained
+from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, resolve_pretrained, quiet_transformers
 
 GRANULARITIES = ("token", "word", "utterance")
 POOLS = ("cls", "mean")
@@ -322,6 +322,7 @@ class TextExtractor(Extractor):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.resolved.local_dir)
         self._device = torch.device(device)
+        quiet_transformers()
         self._model = AutoModel.from_pretrained(self.resolved.local_dir).float().eval().to(self._device)
         self._token_limit = min(self.config.max_tokens, _position_limit(self._model))
         single = self._tokenizer.num_special_tokens_to_add(pair=False)

@@ -1,0 +1,99 @@
+"""Stage 2 end to end through the CLI: every registered model trains on a demo cache and writes
+the run directory; `mer predict` reproduces the run's own predictions; bad input is one line."""
+
+import csv
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mer.cli import cli
+from mer.fuse.models import MODELS, model_names, tiny_config
+
+DEMO_FEATURES = "mfcc40,logmfb80-d2,opensmile-egemaps,minilm-l6"
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory, demo_root):
+    cache = tmp_path_factory.mktemp("fuse-cache")
+    result = CliRunner().invoke(cli, ["extract", "--dataset", "demo", "--set", "corpus.size=40", "--root",
+                                      str(demo_root), "--features", DEMO_FEATURES, "--cache", str(cache),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return cache
+
+
+def tiny_settings(name: str) -> list[str]:
+    """--set options that turn the model's default config into its tiny test variant."""
+    default, tiny = MODELS.get(name).config_class(), tiny_config(name)
+    args = []
+    for f in fields(tiny):
+        value = getattr(tiny, f.name)
+        if value != getattr(default, f.name) and not isinstance(value, dict):
+            args += ["--set", f"{f.name}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args + ["--set", "max_epochs=2"]
+
+
+def fuse(cache, out, name, *extra):
+    torch.set_num_threads(1)
+    return CliRunner().invoke(cli, ["fuse", "--model", name, "--dataset", "demo-n40-s0", "--cache", str(cache),
+                                    "--out", str(out), "--device", "cpu", *tiny_settings(name), *extra])
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_trains_end_to_end_and_writes_the_run_directory(demo_cache, tmp_path, name):
+    result = fuse(demo_cache, tmp_path / "run", name)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = tmp_path / "run"
+    for file in ("config.json", "metrics.json", "predictions.csv", "confusion.png", "curves.png",
+                 "checkpoints/split.safetensors", "norm/split.npz"):
+        assert (run / file).is_file(), file
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"model", "corpus", "protocol", "folds", "summary"} <= set(metrics)
+    assert set(metrics["summary"]["test"]) >= {"accuracy", "ua", "weighted_f1", "macro_f1"}
+    assert metrics["folds"][0]["fold"] == "split" and "dev" in metrics["folds"][0]
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 0 and config["feature_specs"] and config["package_version"]
+    assert "accuracy" in result.output  # the results table
+
+
+def test_predict_reproduces_the_runs_test_predictions(demo_cache, tmp_path, demo_root):
+    run = tmp_path / "run"
+    assert fuse(demo_cache, run, "concat").exit_code == 0
+    rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == "test"]
+    utterances = {json.loads(line)["id"]: json.loads(line)
+                  for line in open(demo_cache / "demo-n40-s0" / "utterances.jsonl")}
+    for row in rows[:3]:
+        utt = utterances[row["id"]]
+        result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--audio", utt["audio_path"], "--text",
+                                          utt["text"], "--json"])
+        assert result.exit_code == 0, result.output
+        predicted = json.loads(result.stdout)
+        expected = {k[2:]: float(v) for k, v in row.items() if k.startswith("p_")}
+        # the cache stores float16; prediction computes float32 features afresh
+        np.testing.assert_allclose([predicted[k] for k in expected], list(expected.values()), atol=0.02)
+
+
+def test_ablation_and_unknown_ablation(demo_cache, tmp_path):
+    assert fuse(demo_cache, tmp_path / "a", "mcsan", "--ablation", "no_self").exit_code == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["model_config"]["no_self"] is True
+    result = fuse(demo_cache, tmp_path / "b", "mcsan", "--ablation", "no_such")
+    assert result.exit_code != 0 and "has no ablation" in str(result.exception)
+
+
+def test_missing_feature_fails_before_training_with_the_extract_command(demo_cache, tmp_path):
+    result = fuse(demo_cache, tmp_path / "r", "mcsan", "--set", "demo_audio_feature=wavlm-base-plus")
+    assert result.exit_code != 0
+    assert "mer extract --dataset demo-n40-s0 --features wavlm-base-plus" in str(result.exception)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_list_models_shows_cached_features(demo_cache):
+    result = CliRunner().invoke(cli, ["list", "models", "--cache", str(demo_cache), "--dataset", "demo-n40-s0"])
+    assert result.exit_code == 0
+    assert all(name in result.output for name in model_names())
+    assert "cached" in result.output
