@@ -70,6 +70,7 @@ class FeatureJob:
 @dataclass
 class TaskPart:
     feature: int  # index into the run's features
+    modality: str
     claim_index: int
     ids: list[str]
     feature_dir: Path
@@ -131,27 +132,61 @@ def _extractor(job: FeatureJob, device: str) -> Extractor:
     return extractor
 
 
-def run_task(task: Task, jobs: list[FeatureJob], config: ExtractConfig,
-             on_items: Optional[Callable[[int], None]] = None) -> list[PartResult]:
-    """Decode the task's audio once, run each feature's extractor, write temporary shards."""
-    extractors = {part.feature: _extractor(jobs[part.feature], config.device) for part in task.parts}
+@dataclass
+class DecodedTask:
+    task: Task
+    audio: dict[str, np.ndarray]
+    failures: dict[str, str]  # id -> why decoding failed
+
+
+@dataclass
+class ComputedPart:
+    part: TaskPart
+    spec: object  # the extractor's FeatureSpec
+    arrays: dict[str, np.ndarray]
+    extras: dict[str, dict]
+    failures: dict[str, str]
+
+
+def decode_task(task: Task) -> DecodedTask:
+    """Decode, once, the audio of every utterance that an audio feature of the task needs."""
     by_id = {u.id: u for u in task.utterances}
-    audio_ids = sorted({i for part in task.parts if extractors[part.feature].modality == "audio" for i in part.ids})
-    audio, decode_failures = _decode_all([by_id[i] for i in audio_ids])
-    results = []
-    for part in task.parts:
-        extractor = extractors[part.feature]
-        failures = {i: decode_failures[i] for i in part.ids if i in decode_failures} \
-            if extractor.modality == "audio" else {}
-        items = [ExtractItem(by_id[i], audio.get(i)) for i in part.ids if i not in failures]
+    audio_ids = sorted({i for part in task.parts if part.modality == "audio" for i in part.ids})
+    audio, failures = _decode_all([by_id[i] for i in audio_ids])
+    return DecodedTask(task, audio, failures)
+
+
+def compute_task(decoded: DecodedTask, jobs: list[FeatureJob], config: ExtractConfig,
+                 on_items: Optional[Callable[[int], None]] = None) -> list[ComputedPart]:
+    by_id = {u.id: u for u in decoded.task.utterances}
+    computed = []
+    for part in decoded.task.parts:
+        extractor = _extractor(jobs[part.feature], config.device)
+        failures = {i: decoded.failures[i] for i in part.ids if i in decoded.failures} \
+            if part.modality == "audio" else {}
+        items = [ExtractItem(by_id[i], decoded.audio.get(i)) for i in part.ids if i not in failures]
         arrays, extras, extract_failures = _extract_items(extractor, items, config, on_items)
         failures.update(extract_failures)
         if on_items and failures:
             on_items(len(failures))
-        temp = write_temp_shard(part.feature_dir, part.claim_index, extractor.spec, part.ids, arrays,
-                                extras, config.compression)
-        results.append(PartResult(part.feature, part.claim_index, temp, len(arrays), failures))
+        computed.append(ComputedPart(part, extractor.spec, arrays, extras, failures))
+    return computed
+
+
+def write_task(computed: list[ComputedPart], config: ExtractConfig) -> list[PartResult]:
+    """One temporary shard per feature; the claim holder commits them."""
+    results = []
+    for c in computed:
+        temp = write_temp_shard(c.part.feature_dir, c.part.claim_index, c.spec, c.part.ids, c.arrays, c.extras,
+                                config.compression)
+        results.append(PartResult(c.part.feature, c.part.claim_index, temp, len(c.arrays), c.failures))
     return results
+
+
+def run_task(task: Task, jobs: list[FeatureJob], config: ExtractConfig,
+             on_items: Optional[Callable[[int], None]] = None) -> list[PartResult]:
+    """The whole task in one process (a dask worker): decode, compute, write."""
+    return write_task(compute_task(decode_task(task), jobs, config, on_items), config)
 
 
 def _decode_all(utterances: list[Utterance]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -303,7 +338,7 @@ def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: Ex
             claim = writer.claim(ids, config.retry_failed)
             if claim is not None:
                 run.claims[(feature, claim.index)] = claim
-                parts.append(TaskPart(feature, claim.index, claim.ids, writer.dir))
+                parts.append(TaskPart(feature, writer.spec.modality, claim.index, claim.ids, writer.dir))
         if parts:
             needed = {i for part in parts for i in part.ids}
             yield Task(f"{start}", [u for u in chunk if u.id in needed], parts)
@@ -321,12 +356,31 @@ class _Run:
 
     def execute(self, tasks) -> None:
         if self.config.workers <= 1 and not self.config.scheduler:
-            for task in tasks:
-                self._commit(task, run_task(task, self.jobs, self.config, self.progress.update))
-                if self.stopped:
-                    return
+            self._execute_here(tasks)
         else:
             self._execute_on_dask(tasks)
+
+    def _execute_here(self, tasks) -> None:
+        """A three-stage pipeline: the next task decodes and the previous one is written in
+        background threads (decoders and HDF5 release the GIL) while this thread computes."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        tasks = iter(tasks)
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder, \
+                ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+            first = next(tasks, None)
+            decoding = decoder.submit(decode_task, first) if first is not None else None
+            writing = None
+            while decoding is not None and not self.stopped:
+                decoded = decoding.result()
+                upcoming = next(tasks, None)
+                decoding = decoder.submit(decode_task, upcoming) if upcoming is not None else None
+                computed = compute_task(decoded, self.jobs, self.config, self.progress.update)
+                if writing is not None:
+                    self._commit(*writing.result())
+                writing = writer.submit(lambda t=decoded.task, c=computed: (t, write_task(c, self.config)))
+            if writing is not None:
+                self._commit(*writing.result())
 
     def _execute_on_dask(self, tasks) -> None:
         """Tasks go to dask workers, at most two per worker in flight, so that claims stay close
