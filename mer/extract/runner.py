@@ -277,13 +277,13 @@ def make_batches(extractor: Extractor, items: list[ExtractItem], config: Extract
 # ---- the driver: claims, schedules, commits ---------------------------------------------------
 def extract(config: ExtractConfig) -> ExtractSummary:
     started = time.time()
+    jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
+            for name in config.features]
+    for job in jobs:  # built first: unknown names and missing models fail before any work
+        _extractor_memo.setdefault(job, job.build())
     corpus = prepare(config.dataset, config.root, **config.corpus_options)
     if not corpus.utterances:
         raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")
-    jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
-            for name in config.features]
-    for job in jobs:  # build in the parent first: unknown names and missing models fail before any work
-        _extractor_memo.setdefault(job, job.build())
     specs = [_extractor_memo[job].spec for job in jobs]
     write_utterances(Path(config.cache) / corpus.name / CORPUS_MANIFEST, corpus.utterances)
     writers = [FeatureWriter(config.cache, corpus.name, spec, config.compression) for spec in specs]
