@@ -11,11 +11,7 @@ from mer.registry import Registry
 CORPORA: Registry[Callable[..., Corpus]] = Registry("corpus")
 
 for _module in ("demo", "meld", "iemocap", "mosei", "manifest"):
-    try:
-        importlib.import_module(f"mer.data.corpora.{_module}")
-    except ModuleNotFoundError as exc:  # only while a reader is being written
-        if exc.name != f"mer.data.corpora.{_module}":
-            raise
+    importlib.import_module(f"mer.data.corpora.{_module}")
 
 
 def prepare(name: str, root=None, /, **options) -> Corpus:

@@ -21,11 +21,7 @@ from mer.fuse.models.base import (MODELS, FusionConfig, FusionOutput, ModelEntry
 MODEL_MODULES = ("baselines", "mcsan", "cm_roberta", "mcfn", "mfdr", "mgcma")
 
 for _module in MODEL_MODULES:
-    try:
-        importlib.import_module(f"mer.fuse.models.{_module}")
-    except ModuleNotFoundError as exc:  # only while a module is being written; never hides a missing dependency
-        if exc.name != f"mer.fuse.models.{_module}":
-            raise
+    importlib.import_module(f"mer.fuse.models.{_module}")
 
 
 def model_names() -> list[str]:
