@@ -112,6 +112,7 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     extra = {"speaker_independent": fold_set.speaker_independent, "features": features, "seed": cfg.trainer.seed}
     document = metrics_document(cfg.model, cfg.corpus, protocol, results, extra)
     write_metrics(run_dir, document)
+    (run_dir / "history.json").write_text(json.dumps({r.fold: r.history for r in results}, indent=1))
     write_predictions(run_dir, results, labels)
     plot_confusion(run_dir, results, labels)
     plot_curves(run_dir, results, config.monitor)

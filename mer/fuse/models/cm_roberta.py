@@ -76,7 +76,7 @@ audio-only WF1): without openSMILE 37.3, without OpenL3 41.3, both 43.1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -110,6 +110,8 @@ class CMRoBERTaConfig(FusionConfig):
     patience: Optional[int] = 15
     monitor: str = "loss"
 
+    # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
+    per_corpus: dict = field(default_factory=lambda: {"demo": {"batch_size": 4, "lr": 1e-3, "max_epochs": 60}})
     ablations: ClassVar[dict] = {"no_sca": (True,), "audio_only": (True,), "text_only": (True,)}
     paper_results: ClassVar[dict] = {"meld": {"weighted_f1": 0.6628}}  # the paper's tables
 

@@ -91,7 +91,7 @@ Paper: IEMOCAP 4-class leave-one-session-out WA 76.0 / UA 77.8; MELD Acc 64.5 / 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -151,6 +151,8 @@ class MCFNConfig(FusionConfig):
     patience: Optional[int] = 10
     monitor: str = "loss"
 
+    # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
+    per_corpus: dict = field(default_factory=lambda: {"demo": {"batch_size": 16, "lr": 5e-4, "max_epochs": 12, "patience": 6}})
     ablations: ClassVar[dict] = {"no_dual_attention": (True,), "no_interaction": (True,),
                                  "no_mutual_adjustment": (True,), "no_specaugment": (True,),
                                  "alpha": (0.1, 0.5), "beta": (0.1, 0.5)}

@@ -76,8 +76,10 @@ class MCSANConfig(FusionConfig):
     lr: float = 1e-3
     batch_size: int = 256
     max_epochs: int = 30
-    per_corpus: dict = field(default_factory=lambda: {"iemocap": {"lr": 1e-3, "max_epochs": 30},
-                                                      "meld": {"lr": 5e-4, "max_epochs": 20}})
+    per_corpus: dict = field(default_factory=lambda: {
+        "demo": {"batch_size": 32, "max_epochs": 15},  # CPU-sized settings for the synthetic demo corpus
+        "iemocap": {"lr": 1e-3, "max_epochs": 30},
+        "meld": {"lr": 5e-4, "max_epochs": 20}})
 
     ablations: ClassVar[dict] = {"no_self": (True,), "no_cross": (True,), "order": ("cross_self", "self_cross"),
                                  "layers": (2, 3)}

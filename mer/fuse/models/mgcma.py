@@ -75,7 +75,7 @@ Losses in FusionOutput.aux_losses, already weighted (weights default 1, eq. 12):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -119,6 +119,8 @@ class MGCMAConfig(FusionConfig):
     max_epochs: int = 100
     patience: Optional[int] = None
 
+    # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
+    per_corpus: dict = field(default_factory=lambda: {"demo": {"hidden": 128, "heads": 4, "blocks": 2, "lr": 3e-4, "batch_size": 16, "max_epochs": 30, "patience": 8}})
     ablations: ClassVar[dict] = {"no_dam": (True,), "no_tam": (True,), "no_iam": (True,),
                                  "order": tuple(order for order in MODULE_ORDERS if order != "dam_tam_iam")}
     paper_results: ClassVar[dict] = {"iemocap-loso": {"accuracy": 0.7887, "ua": 0.8024}}  # the paper's tables
