@@ -116,7 +116,6 @@ class MFDRConfig(FusionConfig):
     lr_schedule: str = "step:0.5:0.1"
     per_corpus: dict = field(default_factory=lambda: {
         "demo": {"batch_size": 32, "max_epochs": 30},  # CPU-sized settings for the synthetic demo corpus
-        
         "iemocap": {"lr": 5e-4, "batch_size": 32, "max_epochs": 40},
         "mosei": {"lr": 1e-3, "batch_size": 64, "max_epochs": 20}})
 
