@@ -7,7 +7,6 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mer.cli import cli
@@ -38,7 +37,6 @@ def tiny_settings(name: str) -> list[str]:
 
 
 def fuse(cache, out, name, *extra):
-    torch.set_num_threads(1)
     return CliRunner().invoke(cli, ["fuse", "--model", name, "--dataset", "demo-n40-s0", "--cache", str(cache),
                                     "--out", str(out), "--device", "cpu", *tiny_settings(name), *extra])
 

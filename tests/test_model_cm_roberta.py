@@ -15,12 +15,6 @@ DIMS = {"audio": 12, "text": 10}
 CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def model_for(num_classes: int = CLASSES, **overrides):

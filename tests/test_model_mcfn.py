@@ -18,12 +18,6 @@ from mer.fuse.models.mcfn import (AdditiveCoAttention, DualAttention, MaskedBatc
 AUDIO_DIM, TEXT_DIM, CLASSES = 12, 10, 4  # 12 = 3 blocks of 4 "bands"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_batch(audio_lengths, text_lengths, seed=0, extra=0, garbage=0.0):

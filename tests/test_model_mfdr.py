@@ -18,12 +18,6 @@ from mer.fuse.models.mfdr import (GCPUCell, GRUCell, MGRUCell, DynamicFrameConv,
 T, L, WIDTH, HOP = 255, 50, 10, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def frames_of(band_row: torch.Tensor) -> list[int]:

@@ -17,12 +17,6 @@ DIMS = {"audio": 12, "text": 10}
 NAMES = {"distribution_alignment", "instance_alignment"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_model(**overrides):

@@ -23,14 +23,6 @@ EXTRA = 3  # positions the padding check appends to every sequence
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on a loaded 2-core machine the
-    # threads' spinning makes these tests several times slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------- synthetic batches
