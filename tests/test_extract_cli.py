@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mer.cache.reader import FeatureCache
+from mer.errors import CacheError
 from tests.fixtures.corpora import make_meld
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,3 +149,23 @@ def test_cache_rm(tmp_path, demo_root):
         "--no-progress", check=0)
     mer("cache", "rm", cache, "demo-n40-s0", "mfcc40", "--yes", check=0)
     assert [f.name for f in FeatureCache(cache).features("demo-n40-s0")] == ["logmfb80-d2"]
+
+
+def test_readers_see_only_complete_shards_while_a_writer_adds_them(tmp_path, demo_root):
+    cache = tmp_path / "cache"
+    proc = start_mer("extract", *DEMO, "--root", demo_root, "--features", "mfcc40", "--cache", cache,
+                     "--shard-size", "2", "--no-progress")
+    seen, reads = 0, 0
+    while proc.poll() is None or reads == 0:
+        try:
+            store = FeatureCache(cache).open("demo-n40-s0", "mfcc40")
+        except CacheError:  # nothing committed yet: no feature directory or manifest
+            time.sleep(0.05)
+            continue
+        for utt_id in store.ids():  # every listed utterance is readable and complete
+            assert store.get(utt_id).shape[1] == 40
+        seen = max(seen, len(store))
+        reads += 1
+        store.close()
+    assert proc.returncode == 0 and reads > 1
+    assert len(FeatureCache(cache).open("demo-n40-s0", "mfcc40")) == 40
