@@ -35,7 +35,7 @@ def test_defaults_per_corpus_and_checks():
     assert (config.audio_feature, config.text_feature) == ("wavlm-base-plus", "bert-base-uncased")
     mosei = make_config("mfdr", corpus="mosei")
     assert (mosei.lr, mosei.batch_size, mosei.max_epochs) == (1e-3, 64, 20)
-    assert set(type(config).ablations) == {"window", "no_awa", "cell", "pool", "no_context"}
+    assert set(type(config).ablations) == {"window", "no_awa", "cell", "pool", "no_context", "word_residual"}
     # command-line strings
     assert make_config("mfdr", window="full").attention_window is None
     assert make_config("mfdr", window="30").attention_window == 30
@@ -135,6 +135,7 @@ def test_vectorised_awa_equals_the_word_by_word_loop(window, adaptive):
         _, level = sawa.attention(audio, audio_mask, text)
         expected_z, expected_level = reference_sawa(sawa.query(text), sawa.key(audio), sawa.value(audio), audio_mask,
                                                     WIDTH, HOP, window, adaptive)
+        expected_z = expected_z + sawa.query(text)  # the word residual (decision 3)
     assert torch.equal(level, expected_level)
     assert torch.allclose(z, expected_z, atol=1e-10)
     if adaptive:

@@ -21,8 +21,13 @@ Where the paper is vague, this implementation decides:
      in the paper: a word whose window lies in the padding of a short clip attends to nothing (z_i = 0).
   3. SAWA attention: one head, as Algorithm 1 writes it: q = W_q words, k = W_k frames, v = W_v frames
      (linear layers with bias, all D wide), softmax(q k^T / sqrt(D)) within the band, z_i = sum_j a_ij v_j
-     ("diag_att is used to aggregate the audio Value matrix v^x to generate z"): no output projection,
-     no residual, no dropout (the weights also decide the extension). Padding frames are never attended.
+     ("diag_att is used to aggregate the audio Value matrix v^x to generate z"), plus the word's own query
+     vector: z_i = q_i + sum_j a_ij v_j. The paper calls z the "combining representation" of the
+     "acoustic-word combination" stage, yet read literally it holds audio values only, and the words'
+     content would reach the classifier through attention weights alone (on the demo corpus, where the
+     text carries half of the emotion, the literal model scores like audio-only). The residual keeps the
+     word in z, as every cross-attention layer of the papers MFDR compares with does; `word_residual=false`
+     gives the literal reading. No output projection, no dropout. Padding frames are never attended.
   4. AWA (Algorithm 1): threshold = mean of the word's attention over the real frames of its current band;
      count = frames strictly above it ("exceed"). Level 1 when count >= 0.5 * width: the band grows by
      width // 2 frames on each side (for width 10, hop 5: exactly the halves of windows i-1 and i+1 that
@@ -101,6 +106,7 @@ class MFDRConfig(FusionConfig):
     window_hop: int = 5  # h_X
     window: str = "grid"  # ablation: frames a word reads before AWA: "grid" (= window_width), an integer, "full"
     no_awa: bool = False  # fixed windows (SliWa)
+    word_residual: bool = True  # z_i = q_i + sum_j a_ij v_j (decision 3); False: the literal audio-only z
     hidden: int = 256  # D
     heads: int = 8  # context multi-head attention
     no_context: bool = False  # g = 0
@@ -120,7 +126,8 @@ class MFDRConfig(FusionConfig):
         "mosei": {"lr": 1e-3, "batch_size": 64, "max_epochs": 20}})
 
     ablations: ClassVar[dict] = {"window": (10, 30, 50, "full"), "no_awa": (True,), "cell": ("gru", "mgru"),
-                                 "pool": ("max", "avg", "linear"), "no_context": (True,)}
+                                 "pool": ("max", "avg", "linear"), "no_context": (True,),
+                                 "word_residual": (False,)}
     paper_results: ClassVar[dict] = {"iemocap-loso": {"accuracy": 0.757, "ua": 0.770},
                                      "iemocap-10fold": {"accuracy": 0.784, "ua": 0.792},
                                      "mosei": {"acc7": 0.537, "acc2": 0.852, "f1": 0.841}}  # the paper's tables
@@ -242,9 +249,9 @@ class SlidingAdaptiveWindowAttention(nn.Module):
     """SAWA: word i attends to audio window i, widened by AWA; z_i = sum_j a_ij v_j (decisions 2-5)."""
 
     def __init__(self, audio_dim: int, text_dim: int, dim: int, frames: int, words: int, width: int, hop: int,
-                 window: Optional[int], adaptive: bool):
+                 window: Optional[int], adaptive: bool, word_residual: bool = True):
         super().__init__()
-        self.dim, self.adaptive = dim, adaptive
+        self.dim, self.adaptive, self.word_residual = dim, adaptive, word_residual
         self.width = frames if window is None else window
         self.query = nn.Linear(text_dim, dim)
         self.key = nn.Linear(audio_dim, dim)
@@ -258,7 +265,10 @@ class SlidingAdaptiveWindowAttention(nn.Module):
 
     def forward(self, audio: Tensor, audio_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
         attention, _ = self.attention(audio, audio_mask, text)
-        return (attention @ self.value(audio)) * text_mask[..., None]  # z (batch, L, dim)
+        z = attention @ self.value(audio)  # (batch, L, dim)
+        if self.word_residual:
+            z = z + self.query(text)
+        return z * text_mask[..., None]
 
 
 # ----------------------------------------------------------------------------- GCPU and its variants
@@ -406,7 +416,7 @@ class MFDR(nn.Module):
         d, words = config.hidden, config.max_text_len
         self.sawa = SlidingAdaptiveWindowAttention(audio_dim, text_dim, d, config.max_audio_frames, words,
                                                    config.window_width, config.window_hop, config.attention_window,
-                                                   adaptive=not config.no_awa)
+                                                   adaptive=not config.no_awa, word_residual=config.word_residual)
         self.context = MultiHeadAttention(d, config.heads, config.dropout) if config.uses_context else None
         self.cell = CELL_CLASSES[config.cell](d)
         lengths = pooled_lengths(words, config.dfc_width, config.dfc_hops)
