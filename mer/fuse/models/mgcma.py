@@ -120,7 +120,7 @@ class MGCMAConfig(FusionConfig):
     patience: Optional[int] = None
 
     # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
-    per_corpus: dict = field(default_factory=lambda: {"demo": {"hidden": 128, "heads": 4, "blocks": 2, "lr": 3e-4, "batch_size": 16, "max_epochs": 30, "patience": 8}})
+    per_corpus: dict = field(default_factory=lambda: {"demo": {"hidden": 128, "heads": 4, "blocks": 2, "lr": 3e-4, "batch_size": 16, "max_epochs": 12, "patience": 5}})
     ablations: ClassVar[dict] = {"no_dam": (True,), "no_tam": (True,), "no_iam": (True,),
                                  "order": tuple(order for order in MODULE_ORDERS if order != "dam_tam_iam")}
     paper_results: ClassVar[dict] = {"iemocap-loso": {"accuracy": 0.7887, "ua": 0.8024}}  # the paper's tables
