@@ -95,3 +95,16 @@ def test_list_models_shows_cached_features(demo_cache):
     assert result.exit_code == 0
     assert all(name in result.output for name in model_names())
     assert "cached" in result.output
+
+
+def test_folds_run_in_parallel_on_dask_and_report_mean_and_std(demo_cache, tmp_path):
+    result = fuse(demo_cache, tmp_path / "run", "concat", "--protocol", "iemocap-loso", "--workers", "2",
+                  "--folds", "Ses01,Ses02")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [f["fold"] for f in metrics["folds"]] == ["Ses01", "Ses02"]
+    accuracy = metrics["summary"]["test"]["accuracy"]
+    folds = [f["test"]["accuracy"] for f in metrics["folds"]]
+    assert accuracy["mean"] == pytest.approx(np.mean(folds))
+    assert accuracy["std"] == pytest.approx(np.std(folds, ddof=1))
+    assert (tmp_path / "run" / "checkpoints" / "Ses02.safetensors").is_file()
