@@ -121,7 +121,10 @@ class MFDRConfig(FusionConfig):
     max_epochs: int = 40
     lr_schedule: str = "step:0.5:0.1"
     per_corpus: dict = field(default_factory=lambda: {
-        "demo": {"batch_size": 32, "max_epochs": 30},  # CPU-sized settings for the synthetic demo corpus
+        # CPU-sized settings for the synthetic demo corpus: T covers its longest clip (3.9 s),
+        # windows of 20 frames with half-window hops as the paper (L = (390 - 20) / 10 + 1 = 38)
+        "demo": {"batch_size": 32, "max_epochs": 30, "max_audio_frames": 390, "max_text_len": 38,
+                 "window_width": 20, "window_hop": 10},
         "iemocap": {"lr": 5e-4, "batch_size": 32, "max_epochs": 40},
         "mosei": {"lr": 1e-3, "batch_size": 64, "max_epochs": 20}})
 
