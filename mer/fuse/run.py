@@ -21,7 +21,7 @@ from mer.fuse.models import MODELS, build_model, make_config
 from mer.fuse.models.base import FusionConfig
 from mer.fuse.report import (metrics_document, plot_confusion, plot_curves, results_table, write_metrics,
                              write_predictions)
-from mer.fuse.trainer import FoldResult, TrainerConfig, train_fold
+from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
 
 PRELOAD_BYTES = 2 << 30  # caches smaller than this are read into memory once per fold
 
@@ -193,6 +193,7 @@ def _run_on_dask(jobs: list[FoldJob], workers: int, log) -> list[FoldResult]:
 def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -> FoldResult:
     log = log or (lambda line: None)
     config = job.config
+    seed_everything(job.trainer.seed, job.trainer.deterministic)  # before the model's initial weights are drawn
     data = FusionData.from_fold_set(job.cache, job.corpus, job.features["audio"], job.features["text"], job.fold_set,
                                     job.fold, sample_unit=config.sample_unit, max_audio_frames=config.max_audio_frames,
                                     max_text_len=config.max_text_len, normalize=config.normalize_inputs,
