@@ -7,6 +7,7 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mer.cli import cli
@@ -108,3 +109,11 @@ def test_folds_run_in_parallel_on_dask_and_report_mean_and_std(demo_cache, tmp_p
     assert accuracy["mean"] == pytest.approx(np.mean(folds))
     assert accuracy["std"] == pytest.approx(np.std(folds, ddof=1))
     assert (tmp_path / "run" / "checkpoints" / "Ses02.safetensors").is_file()
+
+
+def test_same_seed_same_results_whatever_ran_before(demo_cache, tmp_path):
+    assert fuse(demo_cache, tmp_path / "a", "mcsan").exit_code == 0
+    torch.manual_seed(12345)  # whatever ran before in this process must not matter
+    torch.rand(7)
+    assert fuse(demo_cache, tmp_path / "b", "mcsan").exit_code == 0
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
