@@ -10,7 +10,6 @@ Layout of shard-NNNNN.h5:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -69,14 +68,6 @@ def _gather_extras(extras: list[dict]) -> dict[str, list[np.ndarray]]:
         if any(name not in item for item in extras):
             raise CacheError(f"extra {name!r} is missing for some utterances of a shard; the extractor is inconsistent")
     return {name: [np.asarray(item[name]) for item in extras] for name in names}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardReader:

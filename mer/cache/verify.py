@@ -13,7 +13,8 @@ import numpy as np
 from mer.cache.layout import CORPUS_MANIFEST
 from mer.cache.manifest import read_manifest
 from mer.cache.reader import FeatureCache
-from mer.cache.shard import ShardReader, sha256_file
+from mer.cache.shard import ShardReader
+from mer.hashing import sha256_file
 from mer.data.utterance import read_utterances
 from mer.errors import CacheError
 from mer.extract.base import FeatureSpec

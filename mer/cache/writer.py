@@ -28,7 +28,8 @@ from mer.cache.layout import LOCK_FILE, SPEC_FILE, atomic_write_json, feature_di
 from mer.cache.locks import HeldLock, lock, try_lock
 from mer.cache.manifest import (ShardRecord, build_manifest, next_free_index, read_shard_records,
                                 stored_and_failed, write_manifest)
-from mer.cache.shard import sha256_file, to_storage, write_shard
+from mer.cache.shard import to_storage, write_shard
+from mer.hashing import sha256_file
 from mer.errors import CacheError
 from mer.extract.base import FeatureSpec
 

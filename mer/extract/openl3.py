@@ -45,7 +45,6 @@ with; openl3 0.4 keeps n_dft / n_hop / n_mels and kapre 0.1.4's dB scaling but m
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.errors import MerError
+from mer.hashing import sha256_file
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
 
 INPUT_SAMPLE_RATE = 16000  # ExtractItem.audio
@@ -283,11 +283,7 @@ def resolve_weights(config: OpenL3Config) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def save_weights(state_dict: dict, path: Path, metadata: dict) -> None:

@@ -15,6 +15,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from mer.errors import MerError
+from mer.hashing import sha256_file
 
 MODELS_DIR_ENV = "MER_MODELS_DIR"  # a folder holding local copies named like the hub id's last part
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
@@ -108,9 +109,7 @@ def hash_local_weights(directory: Path) -> str:
         digest = hashlib.sha256()
         for path in files:
             digest.update(path.relative_to(directory).as_posix().encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
+            sha256_file(path, digest)
         memo[key] = digest.hexdigest()[:16]
         _write_json(memo_path, memo)
     return memo[key]
