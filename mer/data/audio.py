@@ -70,19 +70,20 @@ def _decode_av(path: Path, start: Optional[float], end: Optional[float]) -> tupl
         rate = stream.codec_context.sample_rate or stream.rate
         if start and start > 1.0 and stream.time_base:
             container.seek(int((start - 1.0) / stream.time_base), stream=stream, any_frame=False, backward=True)
-        chunks, first_sample = [], None
+        chunks, first_sample, decoded = [], None, 0
         for frame in container.decode(stream):
             samples = frame.to_ndarray()  # (channels, n) planar or (1, n * channels) packed
             if not frame.format.is_planar:
                 samples = samples.reshape(-1, len(frame.layout.channels)).T
             if first_sample is None:
                 first_sample = int(round(float(frame.pts * stream.time_base) * rate)) if frame.pts is not None else 0
-            chunks.append(_to_float(samples).mean(axis=0))
-            if end is not None and first_sample + sum(len(c) for c in chunks) >= end * rate:
+            chunks.append(samples)
+            decoded += samples.shape[1]
+            if end is not None and first_sample + decoded >= end * rate:
                 break
     if not chunks:
         raise AudioDecodeError(f"{path}: the audio stream decodes to no samples; the file is truncated")
-    wave = np.concatenate(chunks)
+    wave = _to_float(np.concatenate(chunks, axis=1)).mean(axis=0)  # one conversion and down-mix per file
     offset = int(round((start or 0.0) * rate)) - (first_sample or 0)
     stop = None if end is None else int(round((end or 0.0) * rate)) - (first_sample or 0)
     return wave[max(0, offset):stop], rate

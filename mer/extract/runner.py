@@ -125,7 +125,9 @@ _loaded: set[FeatureJob] = set()  # and loaded (weights, devices) once per proce
 
 
 def _extractor(job: FeatureJob, device: str) -> Extractor:
-    extractor = _extractor_memo.setdefault(job, job.build()) if job not in _extractor_memo else _extractor_memo[job]
+    if job not in _extractor_memo:
+        _extractor_memo[job] = job.build()
+    extractor = _extractor_memo[job]
     if job not in _loaded:
         extractor.load(device)
         _loaded.add(job)
@@ -280,7 +282,8 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
             for name in config.features]
     for job in jobs:  # built first: unknown names and missing models fail before any work
-        _extractor_memo.setdefault(job, job.build())
+        if job not in _extractor_memo:
+            _extractor_memo[job] = job.build()
     corpus = prepare(config.dataset, config.root, **config.corpus_options)
     if not corpus.utterances:
         raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")

@@ -282,7 +282,8 @@ class SpectralExtractor(Extractor):
         cfg = self.config
         stft = torch.stft(batch, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=self._window,
                           center=cfg.center, pad_mode="constant", return_complex=True)  # (batch, n_freqs, frames)
-        power = stft.abs() ** cfg.power
+        magnitude_squared = stft.real.square() + stft.imag.square()  # |X|^2 without the sqrt of abs()
+        power = magnitude_squared if cfg.power == 2.0 else magnitude_squared ** (cfg.power / 2)
         mel = torch.matmul(self._mel_basis, power)  # (batch, n_mels, frames)
         if cfg.log == "ln":
             return torch.log(mel + cfg.log_offset)
