@@ -683,7 +683,7 @@ def prepare_floor_batches(extractor, modality: str, batches) -> list:
 
 def floor_forward(extractor, modality: str, prepared: list) -> list:
     """The bare model call per batch under inference_mode (speech: with the extractor's own
-    GroupNorm hook, which padded group-norm batches need to give each clip its own values)."""
+    per-item GroupNorm, which padded group-norm batches need to give each clip its own values)."""
     import torch
 
     results = []

@@ -52,9 +52,9 @@ attention_mask; each item's frames are cut to its own length.
     frames (the CNN is local, the encoder zeroes padded frames and masks attention).
   * group-norm checkpoints (`"group"`): the first conv layer's GroupNorm normalises each channel
     over time, which on a padded batch would include the padding (DATASETS.md, "Feature
-    facts"). While a padded batch runs, a forward hook on that GroupNorm makes it use each
-    item's statistics over its own frames only, which is what it computes on the item alone;
-    the rest of the model is as above. So these checkpoints batch like layer-norm ones.
+    facts"). While a padded batch runs, that GroupNorm's forward is replaced by one that runs
+    `F.group_norm` on each item's own frames, which is what it computes on the item alone
+    (one pass, no extra work over the padding); the rest of the model is as above. So these checkpoints batch like layer-norm ones.
   * a config without `feat_extract_norm` (other front ends): `pads_safely = False`; `extract`
     runs each group of identical-length items as one unpadded batch, the rest one by one.
 
@@ -65,7 +65,7 @@ its core frames and sees chunk_overlap_seconds of extra context on each side; wi
 at a time, so memory is bounded by one chunk_seconds window whatever the clip length (a 305 s
 MELD clip runs as 12 windows). On group-norm checkpoints the first conv layer's GroupNorm
 statistics are computed over the WHOLE clip first (that conv layer alone, block by block) and
-used in every window (the same hook), as a one-pass run would. So the transformer's input
+used in every window (the same forward replacement), as a one-pass run would. So the transformer's input
 (layer 0) equals the one-pass result wherever a frame's positional-convolution context (64
 frames = 1.28 s each side for the registered checkpoints; hence the 1.5 s default overlap)
 lies inside its window, i.e. everywhere with the default overlap. Transformer layers still differ a little, because
@@ -87,6 +87,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
@@ -441,12 +442,12 @@ class SslExtractor(Extractor):
         chunk window) or with each item's own frames' (a padded batch), never over padding."""
         if self._first_conv is None or (lengths is None and clip_statistics is None):
             return contextlib.nullcontext()
+        norm = self._first_conv.layer_norm
         if clip_statistics is not None:
-            return override_group_norm(self._first_conv.layer_norm, lambda grouped: clip_statistics)
+            return replace_forward(norm, functools.partial(normalise_with, norm, clip_statistics))
         conv = self._first_conv.conv
-        frames = (torch.tensor(lengths) - conv.kernel_size[0]) // conv.stride[0] + 1  # first conv layer's frames
-        return override_group_norm(self._first_conv.layer_norm,
-                                   functools.partial(masked_statistics, frames=frames.to(self._device)))
+        frames = [(n - conv.kernel_size[0]) // conv.stride[0] + 1 for n in lengths]  # first conv layer's frames
+        return replace_forward(norm, functools.partial(normalise_each_item, norm, frames))
 
     def _encode_chunked(self, wave: np.ndarray) -> torch.Tensor:
         """A long clip, window by window (memory of one window); joined frames = one-pass frames."""
@@ -493,14 +494,24 @@ def first_conv_layer(model) -> Optional[torch.nn.Module]:
     return None
 
 
-def masked_statistics(grouped: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """grouped (batch, groups, channels per group, frames): per item and group, the mean and biased
-    variance over the item's own first `frames[i]` frames, as GroupNorm computes them on the item alone."""
-    valid = (torch.arange(grouped.shape[-1], device=grouped.device) < frames[:, None])[:, None, None, :]
-    count = (frames * grouped.shape[2]).to(grouped.dtype)[:, None]  # (batch, 1)
-    mean = torch.where(valid, grouped, 0).sum(dim=(2, 3)) / count  # (batch, groups)
-    centred = torch.where(valid, grouped - mean[..., None, None], 0)
-    return mean, centred.square().sum(dim=(2, 3)) / count
+def normalise_each_item(norm: torch.nn.GroupNorm, frames: list[int], x: torch.Tensor) -> torch.Tensor:
+    """x (batch, channels, frames), zero padded: each item's first `frames[i]` frames group-normalised
+    over themselves alone, exactly what `norm` computes on the item alone; padded frames stay as they
+    are (the CNN never mixes them into an item's own frames, and the encoder masks them)."""
+    out = x.clone()
+    for i, n in enumerate(frames):
+        out[i : i + 1, :, :n] = F.group_norm(x[i : i + 1, :, :n], norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return out
+
+
+def normalise_with(norm: torch.nn.GroupNorm, statistics: tuple, x: torch.Tensor) -> torch.Tensor:
+    """x (batch, channels, frames) group-normalised with given per-group (mean, var), each (1, groups)."""
+    mean, var = statistics
+    grouped = x.float().reshape(x.shape[0], norm.num_groups, -1, x.shape[-1])
+    normed = ((grouped - mean[..., None, None]) * torch.rsqrt(var[..., None, None] + norm.eps)).reshape(x.shape)
+    if norm.affine:
+        normed = normed * norm.weight.float()[:, None] + norm.bias.float()[:, None]
+    return normed.to(x.dtype)
 
 
 def whole_clip_statistics(conv: torch.nn.Conv1d, num_groups: int, samples: torch.Tensor,
@@ -524,24 +535,14 @@ def whole_clip_statistics(conv: torch.nn.Conv1d, num_groups: int, samples: torch
 
 
 @contextlib.contextmanager
-def override_group_norm(norm: torch.nn.GroupNorm, statistics: Callable):
-    """Inside the block, `norm` normalises with `statistics(grouped) -> (mean, var)`, each (batch or 1,
-    groups), instead of its input's own; grouped is the input as (batch, groups, channels per group, frames)."""
-
-    def normalise(module: torch.nn.GroupNorm, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = inputs[0].float()  # (batch, channels, frames)
-        grouped = x.reshape(x.shape[0], module.num_groups, -1, x.shape[-1])
-        mean, var = statistics(grouped)
-        normed = ((grouped - mean[..., None, None]) * torch.rsqrt(var[..., None, None] + module.eps)).reshape(x.shape)
-        if module.affine:
-            normed = normed * module.weight.float()[:, None] + module.bias.float()[:, None]
-        return normed.to(output.dtype)
-
-    handle = norm.register_forward_hook(normalise)
+def replace_forward(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]):
+    """Inside the block, `module(x)` is `forward(x)`: the module's own forward never runs (a forward
+    hook would run it and then throw its output away)."""
+    module.forward = forward
     try:
         yield
     finally:
-        handle.remove()
+        del module.forward
 
 
 # ----------------------------------------------------------------------------- registration
