@@ -703,7 +703,7 @@ def floor_forward(extractor, modality: str, prepared: list) -> list:
 
 def make_peer(extractor, entry: ModelEntry, clips: Clips, out_dir: Path) -> Callable[[int], None]:
     """The MMSA-FET / MERTools / EmoBox loop: per utterance load, one forward alone, np.save.
-    The same loaded weights as the pipeline (the model object is shared; no hook is active)."""
+    The same loaded weights as the pipeline (the model object is shared; no GroupNorm replacement is active)."""
     import torch
 
     model = extractor._model
@@ -1041,7 +1041,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
                          f"{fmt_s(r['a']['peak_rss_mib'])} / {fmt_s(r['b']['peak_rss_mib'])} |")
         if batching:
             lines += ["", "What batching buys on this machine: the bare forward over the same in-memory clips, "
-                      "batched as the pipeline batches (floor) vs one clip at a time (no padding, no GroupNorm hook):", "",
+                      "batched as the pipeline batches (floor) vs one clip at a time (no padding, no per-item GroupNorm):", "",
                       "| model | input | clips | batched s | one at a time s | one-at-a-time / batched (fastest) | "
                       "(matched load) | CPU s batched / single | check (single vs peer) |",
                       "|---|---|---|---|---|---|---|---|---|"]
