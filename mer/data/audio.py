@@ -70,23 +70,56 @@ def _decode_av(path: Path, start: Optional[float], end: Optional[float]) -> tupl
         rate = stream.codec_context.sample_rate or stream.rate
         if start and start > 1.0 and stream.time_base:
             container.seek(int((start - 1.0) / stream.time_base), stream=stream, any_frame=False, backward=True)
-        chunks, first_sample, decoded = [], None, 0
+        samples, first_sample = _FrameCollector(), None
         for frame in container.decode(stream):
-            samples = frame.to_ndarray()  # (channels, n) planar or (1, n * channels) packed
-            if not frame.format.is_planar:
-                samples = samples.reshape(-1, len(frame.layout.channels)).T
             if first_sample is None:
                 first_sample = int(round(float(frame.pts * stream.time_base) * rate)) if frame.pts is not None else 0
-            chunks.append(samples)
-            decoded += samples.shape[1]
-            if end is not None and first_sample + decoded >= end * rate:
+            samples.add(frame)
+            if end is not None and first_sample + samples.count >= end * rate:
                 break
-    if not chunks:
+        wave = samples.mono()
+    if wave is None:
         raise AudioDecodeError(f"{path}: the audio stream decodes to no samples; the file is truncated")
-    wave = _to_float(np.concatenate(chunks, axis=1)).mean(axis=0)  # one conversion and down-mix per file
     offset = int(round((start or 0.0) * rate)) - (first_sample or 0)
     stop = None if end is None else int(round((end or 0.0) * rate)) - (first_sample or 0)
     return wave[max(0, offset):stop], rate
+
+
+class _FrameCollector:
+    """Decoded frames gathered in FFmpeg's FIFO and converted to numpy once per file (per-frame
+    conversion cost as much as decoding); a stream whose format changes mid-file is converted
+    frame by frame instead."""
+
+    def __init__(self):
+        import av
+
+        self.fifo, self.arrays, self.count = av.AudioFifo(), [], 0
+
+    def add(self, frame) -> None:
+        self.count += frame.samples
+        frame.pts = None  # the FIFO checks pts continuity; seeking and priming samples break it
+        if not self.arrays:
+            try:
+                self.fifo.write(frame)
+                return
+            except ValueError:  # format, layout or rate changed mid-stream
+                if self.fifo.samples:
+                    self.arrays.append(self._mono(self.fifo.read()))
+        self.arrays.append(self._mono(frame))
+
+    def mono(self) -> Optional[np.ndarray]:
+        if self.fifo.samples and not self.arrays:
+            self.arrays.append(self._mono(self.fifo.read()))
+        if not self.arrays:
+            return None
+        return np.concatenate(self.arrays) if len(self.arrays) > 1 else self.arrays[0]
+
+    @staticmethod
+    def _mono(frame) -> np.ndarray:
+        samples = frame.to_ndarray()  # (channels, n) planar or (1, n * channels) packed
+        if not frame.format.is_planar:
+            samples = samples.reshape(-1, len(frame.layout.channels)).T
+        return _to_float(samples).mean(axis=0)
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:
