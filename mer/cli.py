@@ -69,6 +69,10 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 @click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (> 1: a local dask cluster).")
 @click.option("--scheduler", metavar="ADDR", help="Submit to an existing dask.distributed scheduler (tcp://host:8786).")
+@click.option("--decode-workers", type=click.IntRange(min=0), help="Decoder processes beside compute (0: a "
+              "thread; default: one per spare core, at most 8).")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for the forward passes "
+              "(default: torch's own; on a small shared CPU 1 is often fastest).")
 @click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on).")
 @click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs.")
 @click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE",
@@ -81,15 +85,16 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def extract(dataset, root, features, cache, workers, scheduler, strict, retry_failed, settings, shard_size, batch_seconds,
-            device, dtype, compression, no_progress, as_json) -> None:
+def extract(dataset, root, features, cache, workers, scheduler, decode_workers, threads, strict, retry_failed, settings,
+            shard_size, batch_seconds, device, dtype, compression, no_progress, as_json) -> None:
     """Decode a corpus once and write every requested feature into the cache (resumable)."""
     from mer.extract.runner import ExtractConfig, extract as run_extract, format_summary
 
     names = [f.strip() for f in features.split(",") if f.strip()]
     corpus_options, feature_options = parse_settings(settings, names)
     config = ExtractConfig(dataset=dataset, root=root, features=names, cache=cache, corpus_options=corpus_options,
-                           feature_options=feature_options, workers=workers, scheduler=scheduler, strict=strict,
+                           feature_options=feature_options, workers=workers, scheduler=scheduler,
+                           decode_workers=decode_workers, threads=threads, strict=strict,
                            retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
                            device=_device(device), dtype=dtype, compression=compression, progress=not no_progress)
     summary = run_extract(config)

@@ -10,11 +10,12 @@ utterance is recorded with its reason and the run goes on (`strict` stops at the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,8 +24,9 @@ import numpy as np
 
 from mer.cache.layout import CORPUS_MANIFEST
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
-from mer.data.audio import SAMPLE_RATE, load_audio
+from mer.data.audio import SAMPLE_RATE
 from mer.data.corpora import prepare
+from mer.data.decoding import DecodePool, decode_utterances
 from mer.data.utterance import Corpus, Utterance, write_utterances
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
@@ -40,6 +42,8 @@ class ExtractConfig:
     corpus_options: dict = field(default_factory=dict)
     feature_options: dict = field(default_factory=dict)  # feature name -> {option: value}
     workers: int = 1  # > 1: a local dask cluster of this many worker processes
+    decode_workers: Optional[int] = None  # decoder processes beside compute (0: a thread); None: auto
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default
     scheduler: Optional[str] = None  # address of an existing dask.distributed scheduler
     strict: bool = False
     retry_failed: bool = False
@@ -150,12 +154,14 @@ class ComputedPart:
     failures: dict[str, str]
 
 
-def decode_task(task: Task) -> DecodedTask:
-    """Decode, once, the audio of every utterance that an audio feature of the task needs."""
+def audio_utterances(task: Task) -> list[Utterance]:
+    """The utterances whose audio some audio feature of the task needs, each once."""
     by_id = {u.id: u for u in task.utterances}
-    audio_ids = sorted({i for part in task.parts if part.modality == "audio" for i in part.ids})
-    audio, failures = _decode_all([by_id[i] for i in audio_ids])
-    return DecodedTask(task, audio, failures)
+    return [by_id[i] for i in sorted({i for part in task.parts if part.modality == "audio" for i in part.ids})]
+
+
+def decode_task(task: Task) -> DecodedTask:
+    return DecodedTask(task, *decode_utterances(audio_utterances(task)))
 
 
 def compute_task(decoded: DecodedTask, jobs: list[FeatureJob], config: ExtractConfig,
@@ -189,20 +195,6 @@ def run_task(task: Task, jobs: list[FeatureJob], config: ExtractConfig,
              on_items: Optional[Callable[[int], None]] = None) -> list[PartResult]:
     """The whole task in one process (a dask worker): decode, compute, write."""
     return write_task(compute_task(decode_task(task), jobs, config, on_items), config)
-
-
-def _decode_all(utterances: list[Utterance]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    audio, failures = {}, {}
-    for utt in utterances:
-        try:
-            audio[utt.id] = load_audio(utt.audio_path, utt.start, utt.end) if utt.audio_path else _no_audio(utt)
-        except MerError as exc:
-            failures[utt.id] = str(exc)
-    return audio, failures
-
-
-def _no_audio(utt: Utterance) -> np.ndarray:
-    raise MerError(f"{utt.id}: the corpus gives no audio path for this utterance")
 
 
 def _extract_items(extractor: Extractor, items: list[ExtractItem], config: ExtractConfig,
@@ -277,6 +269,9 @@ def make_batches(extractor: Extractor, items: list[ExtractItem], config: Extract
 
 
 # ---- the driver: claims, schedules, commits ---------------------------------------------------
+DECODE_AHEAD = 2  # tasks decoded ahead of the one computing: bounds memory to about 3 tasks' audio
+
+
 def extract(config: ExtractConfig) -> ExtractSummary:
     started = time.time()
     jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
@@ -294,12 +289,28 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     utterances = _with_context(corpus.utterances, max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs))
     run = _Run(config, jobs, writers, summaries, total)
     try:
-        run.execute(_tasks(utterances, writers, config, run))
+        with _torch_threads(config.threads):
+            run.execute(_tasks(utterances, writers, config, run))
     except KeyboardInterrupt:
         run.stopped = "interrupted; run the same command again to resume"
     finally:
         run.close()
     return ExtractSummary(corpus.name, summaries, time.time() - started, run.stopped)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]):
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _initial_summaries(writers: list[FeatureWriter], corpus: Corpus, config: ExtractConfig):
@@ -355,6 +366,7 @@ class _Run:
         self.summaries = summaries
         self.claims: dict[tuple[int, int], Claim] = {}
         self.stopped: Optional[str] = None
+        self.total = total
         self.progress = _progress_bar(total, config.progress)
 
     def execute(self, tasks) -> None:
@@ -364,26 +376,42 @@ class _Run:
             self._execute_on_dask(tasks)
 
     def _execute_here(self, tasks) -> None:
-        """A three-stage pipeline: the next task decodes and the previous one is written in
-        background threads (decoders and HDF5 release the GIL) while this thread computes."""
+        """A three-stage pipeline: the next tasks decode in decoder processes and the previous one is
+        written in a background thread (HDF5 releases the GIL) while this thread computes."""
         from concurrent.futures import ThreadPoolExecutor
 
-        tasks = iter(tasks)
-        with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder, \
+        tasks, ahead = iter(tasks), deque()  # ahead: (task, its decoding), in order
+        with DecodePool(self.decode_processes()) as decoder, \
                 ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
-            first = next(tasks, None)
-            decoding = decoder.submit(decode_task, first) if first is not None else None
+
+            def decode_ahead() -> None:
+                while len(ahead) < DECODE_AHEAD and not self.stopped:
+                    task = next(tasks, None)
+                    if task is None:
+                        return
+                    ahead.append((task, decoder.submit(audio_utterances(task))))
+
+            decode_ahead()
             writing = None
-            while decoding is not None and not self.stopped:
-                decoded = decoding.result()
-                upcoming = next(tasks, None)
-                decoding = decoder.submit(decode_task, upcoming) if upcoming is not None else None
+            while ahead and not self.stopped:
+                task, decoding = ahead.popleft()
+                decode_ahead()
+                decoded = DecodedTask(task, *decoder.result(decoding))
                 computed = compute_task(decoded, self.jobs, self.config, self.progress.update)
                 if writing is not None:
                     self._commit(*writing.result())
-                writing = writer.submit(lambda t=decoded.task, c=computed: (t, write_task(c, self.config)))
+                writing = writer.submit(lambda t=task, c=computed: (t, write_task(c, self.config)))
             if writing is not None:
                 self._commit(*writing.result())
+
+    def decode_processes(self) -> int:
+        """--decode-workers, or by default: one process per spare core (at most 8) when there is more
+        than one task to decode; a thread for a single task, where processes would only add start-up."""
+        if self.config.decode_workers is not None:
+            return self.config.decode_workers
+        if self.total <= self.config.shard_size:
+            return 0
+        return min(8, max(1, (os.cpu_count() or 1) - 1))
 
     def _execute_on_dask(self, tasks) -> None:
         """Tasks go to dask workers, at most two per worker in flight, so that claims stay close
@@ -459,7 +487,7 @@ def _dask_client(config: ExtractConfig):
         except OSError as exc:
             raise MerError(f"cannot reach the dask scheduler at {config.scheduler} ({exc}); "
                            "check the address or start one with `dask scheduler`") from None
-    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40, env={"OMP_NUM_THREADS": str(threads),
                                                                         "MKL_NUM_THREADS": str(threads)})
