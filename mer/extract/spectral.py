@@ -152,6 +152,28 @@ def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float
     return weights.astype(np.float32)
 
 
+class BandedFilterbank(torch.nn.Module):
+    """`weights @ power` for a banded (triangular-filter) weight matrix: rows in groups of
+    `group`, each multiplied only with the frequency bins its filters cover. Same sums as the dense
+    product without its zeros: 15x fewer multiply-adds for 128 Slaney mels on 201 bins."""
+
+    def __init__(self, weights: np.ndarray, group: int = 8):
+        super().__init__()
+        self.bands: list[tuple[int, int]] = []  # (first bin, last bin + 1) per group
+        for index, first_row in enumerate(range(0, len(weights), group)):
+            rows = weights[first_row:first_row + group]  # (group, n_freqs)
+            used = np.flatnonzero(rows.any(axis=0))
+            low, high = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+            self.register_buffer(f"band{index}", torch.from_numpy(np.ascontiguousarray(rows[:, low:high])))
+            self.bands.append((low, high))
+
+    def forward(self, power: torch.Tensor) -> torch.Tensor:
+        """power (batch, n_freqs, frames) -> (batch, n_filters, frames)."""
+        pieces = [torch.matmul(getattr(self, f"band{i}"), power[:, low:high])
+                  for i, (low, high) in enumerate(self.bands)]
+        return torch.cat(pieces, dim=1)
+
+
 def dct2_ortho_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) rows of the orthonormal DCT-II: scipy.fft.dct(x, type=2, norm="ortho")[:n_out]."""
     k = np.arange(n_out)[:, None]
@@ -234,7 +256,7 @@ class SpectralExtractor(Extractor):
         self._device = torch.device(device)
         self._window = torch.hann_window(cfg.n_fft, periodic=True, device=self._device)
         mel = slaney_mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.mel_fmax)
-        self._mel_basis = torch.from_numpy(mel).to(self._device)  # (n_mels, n_freqs)
+        self._mel_filterbank = BandedFilterbank(mel).to(self._device)  # (n_mels, n_freqs), banded
         self._dct = None
         if cfg.n_mfcc:
             self._dct = torch.from_numpy(dct2_ortho_matrix(cfg.n_mels, cfg.n_mfcc)).to(self._device)  # (n_mfcc, n_mels)
@@ -282,22 +304,24 @@ class SpectralExtractor(Extractor):
         cfg = self.config
         stft = torch.stft(batch, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=self._window,
                           center=cfg.center, pad_mode="constant", return_complex=True)  # (batch, n_freqs, frames)
-        magnitude_squared = stft.real.square() + stft.imag.square()  # |X|^2 without the sqrt of abs()
+        magnitude_squared = stft.real.square().addcmul_(stft.imag, stft.imag)  # |X|^2, no sqrt, one pass
         power = magnitude_squared if cfg.power == 2.0 else magnitude_squared ** (cfg.power / 2)
-        mel = torch.matmul(self._mel_basis, power)  # (batch, n_mels, frames)
+        mel = self._mel_filterbank(power)  # (batch, n_mels, frames)
         if cfg.log == "ln":
-            return torch.log(mel + cfg.log_offset)
+            return mel.add_(cfg.log_offset).log_()
         return self._power_to_db(mel, lengths)
 
     def _power_to_db(self, mel: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """librosa.power_to_db(ref=1.0): 10 log10(max(amin, S)), floored at (item max - top_db)."""
+        """librosa.power_to_db(ref=1.0): 10 log10(max(amin, S)), floored at (item max - top_db).
+        The item's max is taken on the power before the log (the log is monotonic), over its own frames."""
         cfg = self.config
-        db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))  # (batch, n_mels, frames)
+        if cfg.top_db is not None:
+            peaks = torch.stack([mel[i, :, :length].amax() for i, length in enumerate(lengths)])  # (batch,)
+            floor = 10.0 * torch.log10(peaks.clamp(min=cfg.amin)) - cfg.top_db
+        db = mel.clamp_(min=cfg.amin).log10_().mul_(10.0)  # (batch, n_mels, frames), in place
         if cfg.top_db is None:
             return db
-        own_frames = torch.arange(db.shape[-1], device=db.device) < torch.tensor(lengths, device=db.device)[:, None]
-        peak = db.masked_fill(~own_frames[:, None, :], -math.inf).amax(dim=(1, 2), keepdim=True)  # (batch, 1, 1)
-        return torch.maximum(db, peak - cfg.top_db)
+        return torch.maximum(db, floor[:, None, None])
 
 
 def build_spectral(name: str, preset: SpectralConfig, options: dict) -> SpectralExtractor:
