@@ -392,8 +392,10 @@ def parameter_count(directory: Path) -> Optional[float]:
 
 
 class StageClock:
-    """Busy seconds of the in-process pipeline's stages, by wrapping the runner's module-level
-    functions for the duration of a run (this process only; mer/ is not changed)."""
+    """Seconds of the in-process pipeline's stages, by wrapping the runner's functions for the
+    duration of a run (this process only; mer/ is not changed). decode = the time the compute
+    thread WAITED for decoded audio (decoding itself runs in decoder processes, ahead): zero when
+    decoding is hidden behind compute. write runs in its own thread; compute and commit in the main one."""
 
     def __init__(self):
         self.seconds = {"decode": 0.0, "compute": 0.0, "write": 0.0, "commit": 0.0}
@@ -401,12 +403,13 @@ class StageClock:
 
     @contextlib.contextmanager
     def installed(self, profile: bool = False):
+        from mer.data.decoding import DecodePool
         from mer.extract import runner
 
-        originals = {"decode": runner.decode_task, "compute": runner.compute_task, "write": runner.write_task,
+        originals = {"decode": DecodePool.result, "compute": runner.compute_task, "write": runner.write_task,
                      "commit": runner._Run._commit}
         if profile:
-            self.profilers = {name: cProfile.Profile() for name in ("decode", "write")}
+            self.profilers = {"write": cProfile.Profile()}
 
         def wrap(name, function):
             profiler = self.profilers.get(name)
@@ -419,14 +422,14 @@ class StageClock:
                     self.seconds[name] += time.perf_counter() - started
             return timed
 
-        runner.decode_task, runner.compute_task, runner.write_task = (
-            wrap("decode", originals["decode"]), wrap("compute", originals["compute"]), wrap("write", originals["write"]))
+        DecodePool.result = wrap("decode", originals["decode"])
+        runner.compute_task, runner.write_task = wrap("compute", originals["compute"]), wrap("write", originals["write"])
         runner._Run._commit = wrap("commit", originals["commit"])
         try:
             yield self
         finally:
-            runner.decode_task, runner.compute_task, runner.write_task = (
-                originals["decode"], originals["compute"], originals["write"])
+            DecodePool.result = originals["decode"]
+            runner.compute_task, runner.write_task = originals["compute"], originals["write"]
             runner._Run._commit = originals["commit"]
 
 
@@ -436,7 +439,7 @@ def extract_config(manifest: Path, entry_feature: str, options: dict, cache: Pat
     return ExtractConfig(dataset="manifest", root=manifest, features=[entry_feature], cache=cache,
                          feature_options={entry_feature: dict(options)} if options else {}, workers=workers,
                          shard_size=args.shard_size, batch_seconds=args.batch_seconds, batch_items=args.batch_items,
-                         device="cpu", progress=False)
+                         decode_workers=args.decode_workers, device="cpu", progress=False)
 
 
 def run_pipeline(config, profile: bool = False) -> dict:
@@ -1013,7 +1016,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"- command: `{meta['command']}`",
              f"- load average (1, 5, 15 min) at start: {meta['loadavg_start']}; at end: {meta['loadavg_end']}",
              f"- wall time of the whole run: {meta['wall_seconds']:.0f} s; torch threads: {meta['torch_threads']}",
-             f"- pipeline settings: shard_size={meta['shard_size']}, batch_seconds={meta['batch_seconds']}, "
+             f"- pipeline settings: shard_size={meta['shard_size']}, batch_seconds={meta['batch_seconds'] or 'default (15 s on CPU)'}, "
+             f"decode_workers={meta.get('decode_workers') or 'default (one process per spare core when more than one shard)'}, "
              f"batch_items={meta['batch_items']}, storage dtype = each feature's default (float16 for encoders "
              f"and spectral, float32 for openSMILE); repeats per side: {meta['repeats']}, interleaved (A B C, C B A, ...), "
              f"the fastest kept; `CPU s` = user + system seconds of the process and its children in that repeat; "
@@ -1049,9 +1053,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 lines.append(f"| {r['model']} | {r['format']} | {r['clips']} | {r['a']['seconds']:.2f} | "
                              f"{r['b']['seconds']:.2f} | **{ratio_cell(r)}** | {matched_cell(r)} | "
                              f"{r['a']['cpu_seconds']:.1f} / {r['b']['cpu_seconds']:.1f} | {error_cell(r)} |")
-        lines += ["", "Pipeline stages (busy seconds, summed per stage; decode and write run in their own threads, "
+        lines += ["", "Pipeline stages (seconds summed per stage; decode = time the compute thread waited for "
+                  "decoded audio, whose decoding runs ahead in decoder processes; write runs in its own thread, "
                   "compute and commit in the main thread):", "",
-                  "| model | input | wall | decode | compute | write | commit | serial decode of the same clips (load_audio) |",
+                  "| model | input | wall | decode wait | compute | write | commit | serial decode of the same clips (load_audio) |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in encoder:
             if r["section"] != "floor":
@@ -1109,7 +1114,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in profiles:
         s = r["profile"]["stages"]
         lines += [f"## Profile: {r['model']} [{r['format']}] pipeline (cProfile per thread, a separate untimed run)", "",
-                  f"stages: wall {s['wall']:.2f} s, decode {s['decode']:.2f}, compute {s['compute']:.2f}, "
+                  f"stages: wall {s['wall']:.2f} s, decode wait {s['decode']:.2f}, compute {s['compute']:.2f}, "
                   f"write {s['write']:.2f}, commit {s['commit']:.2f}", "", "```", r["profile"]["text"], "```", ""]
     return "\n".join(lines)
 
@@ -1163,13 +1168,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
     parser.add_argument("--spectral", default="mfcc40,logmfb80-d2")
     parser.add_argument("--opensmile", default="opensmile-egemaps")
+    parser.add_argument("--opensmile-formats", default="wav,mp4", help="clip formats for openSMILE")
     parser.add_argument("--repeats", type=int, help="runs per side, interleaved; the fastest is kept "
                         "(default 2)")
     parser.add_argument("--shard-size", type=int, default=128)
-    parser.add_argument("--batch-seconds", type=float, default=60.0)
+    parser.add_argument("--batch-seconds", type=float, help="default: mer's own (15 on CPU)")
     parser.add_argument("--batch-items", type=int, default=32)
     parser.add_argument("--no-floor-single", dest="floor_single", action="store_false",
                         help="skip the bare forward one clip at a time (what batching buys on this machine)")
+    parser.add_argument("--decode-workers", type=int, help="the pipeline's decoder processes (default: mer's own: "
+                        "one per spare core when there is more than one shard)")
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--opensmile-shard-size", type=int, default=32,
                         help="shard size of the openSMILE rows (both sides), so that 2 workers get several tasks")
@@ -1232,7 +1240,7 @@ def main(argv=None) -> int:
             "command": command, "loadavg_start": load_start, "torch_threads": torch.get_num_threads(),
             "shard_size": args.shard_size, "batch_seconds": args.batch_seconds, "batch_items": args.batch_items,
             "repeats": args.repeats, "peer_mp4_decoder": peer_mp4_decoder(),
-            "opensmile_shard_size": args.opensmile_shard_size,
+            "opensmile_shard_size": args.opensmile_shard_size, "decode_workers": args.decode_workers,
             "params_millions": {k: parameter_count(e.directory) for k, e in entries.items()}}
     rows: list[dict] = []
     work = workdir / "runs"
@@ -1256,8 +1264,9 @@ def main(argv=None) -> int:
                     print_table(rows[-2:])
         if "opensmile" in sections:
             for name in [n for n in args.opensmile.split(",") if n]:
-                rows += opensmile_rows(name, "mp4", clips[("tiny", "mp4")], work, args)
-                print_table(rows[-1:])
+                for fmt in [f for f in args.opensmile_formats.split(",") if f]:
+                    rows += opensmile_rows(name, fmt, clips[("tiny", fmt)], work, args)
+                    print_table(rows[-1:])
         if "gpu" in sections:
             if args.gpu_device == "cuda" and not torch.cuda.is_available():
                 rows += gpu_rows(None, None, args)

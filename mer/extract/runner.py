@@ -48,12 +48,25 @@ class ExtractConfig:
     strict: bool = False
     retry_failed: bool = False
     shard_size: int = 128
-    batch_seconds: float = 60.0  # audio seconds per batch, padding included
+    batch_seconds: Optional[float] = None  # audio seconds per batch, padding included; None: by device
     batch_items: int = 32  # utterances per batch for text extractors
     device: str = "cpu"
     dtype: Optional[str] = None  # override every feature's storage dtype
     compression: Optional[str] = None
     progress: bool = True
+
+    @property
+    def audio_batch_seconds(self) -> float:
+        """--batch-seconds, or by device: on a CPU big padded batches of a base-size encoder run slower
+        than small ones (base WavLM: 60 s batches 1.7x slower than one clip at a time; tiny models do
+        not care), so CPU batches stay small; a GPU needs large ones to be busy (docs/performance.md)."""
+        if self.batch_seconds is not None:
+            return self.batch_seconds
+        return GPU_BATCH_SECONDS if str(self.device).startswith("cuda") else CPU_BATCH_SECONDS
+
+
+GPU_BATCH_SECONDS = 60.0
+CPU_BATCH_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -259,7 +272,7 @@ def make_batches(extractor: Extractor, items: list[ExtractItem], config: Extract
         current = batches[-1] if batches else None
         if current is not None:
             longest = max(len(item.audio), len(current[-1].audio))
-            fits = longest * (len(current) + 1) <= config.batch_seconds * SAMPLE_RATE
+            fits = longest * (len(current) + 1) <= config.audio_batch_seconds * SAMPLE_RATE
             same = len(item.audio) == len(current[-1].audio)
             if fits and (pads_safely or same):
                 current.append(item)
