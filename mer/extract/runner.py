@@ -58,7 +58,7 @@ class ExtractConfig:
     @property
     def audio_batch_seconds(self) -> float:
         """--batch-seconds, or by device: on a CPU big padded batches of a base-size encoder run slower
-        than small ones (base WavLM: 60 s batches 1.7x slower than one clip at a time; tiny models do
+        than small ones (base WavLM: 60 s batches 1.6x slower than one clip at a time; tiny models do
         not care), so CPU batches stay small; a GPU needs large ones to be busy (docs/performance.md)."""
         if self.batch_seconds is not None:
             return self.batch_seconds

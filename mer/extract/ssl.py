@@ -54,7 +54,8 @@ attention_mask; each item's frames are cut to its own length.
     over time, which on a padded batch would include the padding (DATASETS.md, "Feature
     facts"). While a padded batch runs, that GroupNorm's forward is replaced by one that runs
     `F.group_norm` on each item's own frames, which is what it computes on the item alone
-    (one pass, no extra work over the padding); the rest of the model is as above. So these checkpoints batch like layer-norm ones.
+    (one pass, no extra work over the padding); the rest of the model is as above. So these
+    checkpoints batch like layer-norm ones.
   * a config without `feat_extract_norm` (other front ends): `pads_safely = False`; `extract`
     runs each group of identical-length items as one unpadded batch, the rest one by one.
 
@@ -65,8 +66,8 @@ its core frames and sees chunk_overlap_seconds of extra context on each side; wi
 at a time, so memory is bounded by one chunk_seconds window whatever the clip length (a 305 s
 MELD clip runs as 12 windows). On group-norm checkpoints the first conv layer's GroupNorm
 statistics are computed over the WHOLE clip first (that conv layer alone, block by block) and
-used in every window (the same forward replacement), as a one-pass run would. So the transformer's input
-(layer 0) equals the one-pass result wherever a frame's positional-convolution context (64
+used in every window (the same forward replacement), as a one-pass run would. So the
+transformer's input (layer 0) equals the one-pass result wherever a frame's positional-convolution context (64
 frames = 1.28 s each side for the registered checkpoints; hence the 1.5 s default overlap)
 lies inside its window, i.e. everywhere with the default overlap. Transformer layers still differ a little, because
 attention sees the window instead of the whole clip (tiny random models, a 7 s clip in 4 s
