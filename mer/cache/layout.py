@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 CORPUS_MANIFEST = "utterances.jsonl"
 SPEC_FILE = "spec.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 from mer import __version__
 from mer.cache.layout import MANIFEST_FILE, SPEC_FILE, atomic_write_json, shard_index
 from mer.errors import CacheError
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 
 @dataclass

@@ -16,7 +16,7 @@ from mer.cache.manifest import read_manifest
 from mer.cache.shard import ShardReader
 from mer.data.utterance import Utterance, read_utterances
 from mer.errors import CacheError
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 
 @dataclass

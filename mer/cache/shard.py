@@ -20,7 +20,7 @@ import numpy as np
 
 from mer import __version__
 from mer.errors import CacheError
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 

@@ -17,7 +17,7 @@ from mer.cache.shard import ShardReader
 from mer.hashing import sha256_file
 from mer.data.utterance import read_utterances
 from mer.errors import CacheError
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 
 @dataclass

@@ -31,7 +31,7 @@ from mer.cache.manifest import (ShardRecord, build_manifest, next_free_index, re
 from mer.cache.shard import to_storage, write_shard
 from mer.hashing import sha256_file
 from mer.errors import CacheError
-from mer.extract.base import FeatureSpec
+from mer.cache.spec import FeatureSpec
 
 # Claims this process holds, by path: their ids count as claimed, and their files must never
 # be opened here through a second descriptor (that would drop the POSIX lock).
