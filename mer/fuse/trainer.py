@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mer.errors import MerError
 from mer.fuse.metrics import compute_metrics
 from mer.fuse.models.base import IGNORE_LABEL, FusionConfig, fusion_losses, lr_factor, task_loss_for
 
@@ -110,9 +111,13 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
             batches += 1
         train_terms = {name: value / max(1, batches) for name, value in train_terms.items()}
         dev_loss, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
-        dev_metrics = {"loss": dev_loss, **_numbers(compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels))}
-        score = _score(dev_metrics, config.monitor)
-        improved = score < best_score
+        if math.isfinite(dev_loss):
+            dev_metrics = {"loss": dev_loss,
+                           **_numbers(compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels))}
+            score = _score(dev_metrics, config.monitor)
+        else:  # diverged: the outputs are NaN too, and a NaN epoch must never become the best
+            dev_metrics, score = {"loss": dev_loss}, math.nan
+        improved = math.isfinite(score) and score < best_score
         if improved:
             best_score, best_epoch, epochs_without_gain = score, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -125,6 +130,10 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
         if config.patience is not None and epochs_without_gain >= config.patience:
             log(f"[{fold}] early stop: no better dev {config.monitor} for {config.patience} epochs")
             break
+    if best_state is None:
+        what = config.monitor if any(math.isfinite(h["dev"]["loss"]) for h in history) else "loss"
+        raise MerError(f"fold {fold}: the dev {what} was NaN in every epoch ({len(history)} epochs), so there is no "
+                       f"best checkpoint; training diverged: lower the learning rate, e.g. --set lr={config.lr / 10:g}")
     model.load_state_dict(best_state)
     _, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
     _, test_predictions = evaluate(model, test_batches(), task_loss, device, use_amp)

@@ -103,6 +103,16 @@ class FusionConfig:
         if self.sample_unit not in SAMPLE_UNITS:
             raise MerError(f"sample_unit must be one of {SAMPLE_UNITS}, got {self.sample_unit!r}")
         lr_factor(self.lr_schedule, 0, 1)  # rejects an unknown schedule now, not at epoch 1
+        for name in POSITIVE_INTS + OPTIONAL_POSITIVE_INTS:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_POSITIVE_INTS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                allowed = "an integer >= 1" + (" or none" if name in OPTIONAL_POSITIVE_INTS else "")
+                raise MerError(f"{name} must be {allowed}, got {value!r}; e.g. --set {name}={_example(self, name)}")
+        _check_number(self, "lr", lambda v: v > 0, "a number > 0")
+        _check_number(self, "weight_decay", lambda v: v >= 0, "a number >= 0")
+        _check_number(self, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
 
     @classmethod
     def tiny(cls) -> "FusionConfig":
@@ -173,27 +183,50 @@ def apply_overrides(config: FusionConfig, overrides: dict) -> FusionConfig:
     if unknown:
         raise MerError(f"unknown option(s) {', '.join(unknown)} for {type(config).__name__}; "
                        f"known: {', '.join(sorted(known))}")
-    return replace(config, **{name: _coerce(getattr(config, name), value) for name, value in overrides.items()})
+    return replace(config, **{name: _coerce(name, known[name].type, getattr(config, name), value)
+                              for name, value in overrides.items()})
 
 
-def _coerce(current, value):
-    if not isinstance(value, str) or isinstance(current, str):
+def _coerce(name: str, annotation, current, value):
+    """A command-line string as the field's declared type (`Optional[int]` -> int or None)."""
+    if not isinstance(value, str):
         return value
-    if isinstance(current, bool):
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kind = kind.removeprefix("Optional[").removesuffix("]")
+    if kind == "str":
+        return value
+    if kind == "bool":
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise MerError(f"expected a boolean (true/false), got {value!r}")
+            raise MerError(f"--set {name}={value}: {name} expects a boolean (true or false)")
         return value.lower() in ("true", "1", "yes")
     if value.lower() in ("none", "null"):
         return None
-    if isinstance(current, (int, float)):
+    if kind in ("int", "float"):
         try:
-            return type(current)(value)
+            return int(value) if kind == "int" else float(value)
         except ValueError:
-            raise MerError(f"expected {type(current).__name__}, got {value!r}") from None
+            expected = "an integer" if kind == "int" else "a number"
+            raise MerError(f"--set {name}={value}: {name} expects {expected}, e.g. --set {name}={current}") from None
     try:
-        return json.loads(value)  # dicts, lists, and numbers for fields whose default is None
+        return json.loads(value)  # dicts, lists
     except json.JSONDecodeError:
         return value
+
+
+POSITIVE_INTS = ("hidden", "batch_size", "max_epochs")
+OPTIONAL_POSITIVE_INTS = ("patience", "max_audio_frames", "max_text_len")
+
+
+def _example(config: FusionConfig, name: str):
+    """The field's default, as the value to suggest in an error."""
+    default = next(f.default for f in fields(config) if f.name == name)
+    return default if default is not None else 10
+
+
+def _check_number(config: FusionConfig, name: str, ok: Callable[[float], bool], allowed: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise MerError(f"{name} must be {allowed}, got {value!r}; e.g. --set {name}={_example(config, name)}")
 
 
 @dataclass(frozen=True)
