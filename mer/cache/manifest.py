@@ -4,14 +4,18 @@ rebuilt from the per-shard records (`shard-NNNNN.json`) that commits write."""
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mer import __version__
-from mer.cache.layout import MANIFEST_FILE, SPEC_FILE, atomic_write_json, shard_index
+from mer.cache.layout import MANIFEST_FILE, SPEC_FILE, atomic_write_json, shard_index, shard_name
+from mer.cache.shard import repair_command, verify_repair_command
 from mer.errors import CacheError
 from mer.cache.spec import FeatureSpec
+
+SHARD_FILE = re.compile(r"shard-\d+\.h5")
 
 
 @dataclass
@@ -30,21 +34,49 @@ class ShardRecord:
 
     @classmethod
     def load(cls, path: Path) -> "ShardRecord":
-        return cls(**json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(cls)}
+            record = cls(**{k: v for k, v in data.items() if k in known})  # keys of a newer version: ignored
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CacheError(f"{path}: corrupt commit record ({_one_line(exc)}); {repair_command(path.parent)}") from exc
+        if record.file not in (None, f"{path.stem}.h5") or not isinstance(record.ids, list):
+            raise CacheError(f"{path}: corrupt commit record (it names file {record.file!r}); "
+                             f"{repair_command(path.parent)}")
+        return record
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def read_shard_records(feature_dir: Path, memo: dict | None = None) -> list[ShardRecord]:
-    """Every committed shard record, in index order. Records never change once written, so `memo` may keep them."""
+    """Every committed shard record, in index order. A record never changes once written, but a
+    damaged one may be dropped and its index reused: `memo` keeps records by file identity."""
     records = []
     for path in sorted(Path(feature_dir).glob("shard-*.json")):
-        if memo is not None and path.name in memo:
-            records.append(memo[path.name])
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # dropped this instant by a repair
+            continue
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if memo is not None and memo.get(path.name, (None,))[0] == stamp:
+            records.append(memo[path.name][1])
             continue
         record = ShardRecord.load(path)
         if memo is not None:
-            memo[path.name] = record
+            memo[path.name] = (stamp, record)
         records.append(record)
     return records
+
+
+def drop_shard(feature_dir: Path, stem: str) -> None:
+    """Remove the commit record `stem`.json and its shard (call under the feature's lock): its ids
+    become pending. The shard goes first: killed in between, a record without its file is dropped
+    again by the next writer."""
+    (Path(feature_dir) / f"{stem}.h5").unlink(missing_ok=True)
+    (Path(feature_dir) / f"{stem}.json").unlink(missing_ok=True)
 
 
 def stored_and_failed(records: list[ShardRecord]) -> tuple[set[str], dict[str, str]]:
@@ -81,9 +113,15 @@ def read_manifest(feature_dir: Path) -> dict:
             return build_manifest(feature_dir, Path(feature_dir).parent.name, spec, [])
         raise CacheError(f"{feature_dir}: no {MANIFEST_FILE}; not a mer feature directory")
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CacheError(f"{path}: unreadable manifest ({exc}); run `mer cache verify --repair`") from exc
+        manifest = json.loads(path.read_text())
+        foreign = [s["file"] for s in manifest["shards"] if not SHARD_FILE.fullmatch(str(s["file"]))]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CacheError(f"{path}: unreadable manifest ({_one_line(exc)}); run `{verify_repair_command(feature_dir)}` "
+                         "(it rebuilds the manifest from the shard records)") from exc
+    if foreign:  # a shard is a file of this folder, never a path elsewhere
+        raise CacheError(f"{path}: lists {foreign[0]!r}, not a shard of this folder; run "
+                         f"`{verify_repair_command(feature_dir)}` (it rebuilds the manifest from the shard records)")
+    return manifest
 
 
 def next_free_index(feature_dir: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -48,18 +49,27 @@ def write_shard(path: Path, spec: FeatureSpec, ids: list[str], arrays: list[np.n
     with h5py.File(path, "w", locking=False) as f:
         chunks = (max(1, min(len(data), 4096 * 64 // max(1, int(np.prod(spec.row_shape))))), *spec.row_shape) \
             if len(data) else None
-        f.create_dataset("data", data=data, compression=compression, chunks=chunks)
-        f.create_dataset("offsets", data=offsets)
+        _checked_dataset(f, "data", data, compression=compression, chunks=chunks)
+        _checked_dataset(f, "offsets", offsets)
+        # variable-length strings take no filters: verify's sha256 and id checks cover `ids`
         f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
         for name, values in _gather_extras(extras or []).items():
             group = f.create_group(f"extras/{name}")
-            group.create_dataset("data", data=np.concatenate(values))
-            group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum([len(v) for v in values])]))
+            _checked_dataset(group, "data", np.concatenate(values))
+            _checked_dataset(group, "offsets", np.concatenate([[0], np.cumsum([len(v) for v in values])]))
         f.attrs["spec"] = json.dumps(spec.to_dict(), sort_keys=True)
         f.attrs["mer_version"] = __version__
         f.flush()
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def _checked_dataset(group: h5py.Group, name: str, data: np.ndarray, **options) -> None:
+    """A dataset whose chunks carry HDF5's fletcher32 checksum, so a damaged chunk fails to read.
+    An empty one stores no chunk to protect (and HDF5 cannot chunk a zero-size dataset)."""
+    if len(data):
+        options = {**options, "fletcher32": True, "chunks": options.get("chunks") or True}
+    group.create_dataset(name, data=data, **options)
 
 
 def _gather_extras(extras: list[dict]) -> dict[str, list[np.ndarray]]:
@@ -70,34 +80,108 @@ def _gather_extras(extras: list[dict]) -> dict[str, list[np.ndarray]]:
     return {name: [np.asarray(item[name]) for item in extras] for name in names}
 
 
+def verify_repair_command(feature_dir: Path) -> str:
+    """`mer cache verify ... --repair` for exactly this feature, quoted to paste into a shell."""
+    feature_dir = Path(feature_dir)
+    root, corpus, feature = (shlex.quote(str(p)) for p in (feature_dir.parent.parent, feature_dir.parent.name,
+                                                            feature_dir.name))
+    return f"mer cache verify {root} --corpus {corpus} --feature {feature} --repair"
+
+
+def repair_command(feature_dir: Path) -> str:
+    """The fix for a damaged shard or record of `feature_dir`: drop it, then recompute what it held."""
+    return f"run `{verify_repair_command(feature_dir)}`, then the same `mer extract` again to recompute what it drops"
+
+
+def foreign_member(group: h5py.Group, prefix: str = "") -> Optional[str]:
+    """The first member that reads from outside this file (a non-hard link, external storage, a
+    virtual dataset), described; None when there is none. A shared cache must not be a way to read
+    other files, so such a shard is refused."""
+    for name in group:
+        path = f"{prefix}{name}"
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return f"{path!r} is an external link to {link.filename}:{link.path}"
+        if not isinstance(link, h5py.HardLink):
+            return f"{path!r} is a {type(link).__name__} (only hard links are allowed)"
+        member = group[name]
+        if isinstance(member, h5py.Group):
+            found = foreign_member(member, f"{path}/")
+            if found:
+                return found
+        elif isinstance(member, h5py.Dataset) and member.external:
+            return f"{path!r} is stored in external file(s) {', '.join(str(e[0]) for e in member.external)}"
+        elif isinstance(member, h5py.Dataset) and member.is_virtual:
+            return f"{path!r} is a virtual dataset (it maps other files)"
+    return None
+
+
 class ShardReader:
-    """Read access to one complete shard; opened without HDF5 file locks (safe on shared filesystems)."""
+    """Read access to one complete shard; opened without HDF5 file locks (safe on shared filesystems).
+    A damaged chunk (fletcher32), a truncated file or a member that points outside the file is a
+    one-line CacheError naming the shard and the repair, never a wrong value."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r", locking=False)
+        except OSError as exc:
+            raise self._damaged(exc) from exc
+        try:
+            foreign = foreign_member(self._file)
+            if foreign:
+                raise CacheError(f"{self.path}: refused: {foreign}; {repair_command(self.path.parent)}")
             self.ids = [s.decode() if isinstance(s, bytes) else s for s in self._file["ids"][()]]
             self.offsets = self._file["offsets"][()]
         except (OSError, KeyError) as exc:
-            raise CacheError(f"{self.path}: unreadable shard ({exc}); run `mer cache verify` and re-extract") from exc
+            self._file.close()
+            raise self._damaged(exc) from exc
+        except CacheError:
+            self._file.close()
+            raise
         self.index = {utt_id: i for i, utt_id in enumerate(self.ids)}
+
+    def _damaged(self, exc: Exception) -> CacheError:
+        reason = " ".join(str(exc).split())
+        return CacheError(f"{self.path}: unreadable shard ({reason}); {repair_command(self.path.parent)}")
 
     def get(self, utt_id: str) -> np.ndarray:
         i = self.index[utt_id]
-        return self._file["data"][self.offsets[i]:self.offsets[i + 1]]
+        try:
+            return self._file["data"][self.offsets[i]:self.offsets[i + 1]]
+        except (OSError, KeyError) as exc:
+            raise self._damaged(exc) from exc
 
     def extra(self, name: str, utt_id: str) -> np.ndarray:
         i = self.index[utt_id]
-        group = self._file[f"extras/{name}"]
-        offsets = group["offsets"]
-        return group["data"][offsets[i]:offsets[i + 1]]
+        try:
+            group = self._file[f"extras/{name}"]
+            offsets = group["offsets"]
+            return group["data"][offsets[i]:offsets[i + 1]]
+        except OSError as exc:
+            raise self._damaged(exc) from exc
 
     def extra_names(self) -> list[str]:
         return sorted(self._file["extras"]) if "extras" in self._file else []
 
+    def read_all(self) -> np.ndarray:
+        """Every row of the shard in one read (checksums checked)."""
+        try:
+            return self._file["data"][()]
+        except (OSError, KeyError) as exc:
+            raise self._damaged(exc) from exc
+
+    def read_extras(self) -> None:
+        """Read every extra array once, so a damaged chunk there fails here (verify)."""
+        for name in self.extra_names():
+            try:
+                self._file[f"extras/{name}/data"][()]
+                self._file[f"extras/{name}/offsets"][()]
+            except (OSError, KeyError) as exc:
+                raise self._damaged(exc) from exc
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        data = self._file["data"][()]  # one read per shard: streaming iteration is sequential
+        data = self.read_all()  # one read per shard: streaming iteration is sequential
         for i, utt_id in enumerate(self.ids):
             yield utt_id, data[self.offsets[i]:self.offsets[i + 1]]
 

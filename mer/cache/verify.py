@@ -1,23 +1,35 @@
-"""`mer cache verify`: checksums, coverage against the corpus manifest, dims, NaN/Inf,
-duplicates and stray files. Every problem is one line naming the file and the fix."""
+"""`mer cache verify`: commit records, checksums, links, coverage against the corpus manifest,
+dims, NaN/Inf, duplicates and stray files. Every problem is one line naming the file and the fix.
+
+`--repair` drops what cannot be trusted (a corrupt record, a shard that is missing, truncated,
+changed, unreadable, or reads from other files) together with its record, removes stray shard
+files and rebuilds manifest.json, all under the feature's lock; the next `mer extract`
+recomputes the dropped utterances."""
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from mer.cache.layout import CORPUS_MANIFEST
-from mer.cache.manifest import read_manifest
+from mer.cache.layout import CORPUS_MANIFEST, LOCK_FILE, SPEC_FILE
+from mer.cache.locks import lock
+from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, read_manifest, stored_and_failed,
+                                write_manifest)
 from mer.cache.reader import FeatureCache
-from mer.cache.shard import ShardReader
-from mer.hashing import sha256_file
+from mer.cache.shard import ShardReader, repair_command
+from mer.cache.spec import FeatureSpec
 from mer.data.utterance import read_utterances
 from mer.errors import CacheError
-from mer.cache.spec import FeatureSpec
+from mer.hashing import sha256_file
+
+MISSING = "utterances of the corpus manifest are missing"
+RowCheck = Callable[[Path, str, np.ndarray], None]
 
 
 @dataclass
@@ -32,25 +44,47 @@ class FeatureReport:
     missing: int = 0
     problems: list[str] = field(default_factory=list)
     failure_reasons: dict[str, str] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)  # record stem -> problem line: what --repair drops
+    stale_manifest: bool = False  # manifest.json unreadable or not what the records say: --repair rebuilds it
+    strays: list[str] = field(default_factory=list)  # shard files no record lists: --repair removes them
+    dropped: list[str] = field(default_factory=list)  # what --repair removed, one line each
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_cache(root: Path, corpus: Optional[str] = None, feature: Optional[str] = None) -> list[FeatureReport]:
-    cache = FeatureCache(root)
-    corpora = [corpus] if corpus else cache.corpora()
+def verify_cache(root: Path, corpus: Optional[str] = None, feature: Optional[str] = None,
+                 repair: bool = False) -> list[FeatureReport]:
+    root = Path(root)
+    corpora = [corpus] if corpus else FeatureCache(root).corpora()
     if not corpora:
         raise CacheError(f"{root}: no corpora in this cache; check the path or run `mer extract`")
     reports = []
     for name in corpora:
-        expected = _corpus_ids(Path(root) / name)
-        infos = cache.features(name)
-        if feature:
-            infos = [cache.find(name, feature)]
-        reports.extend(verify_feature(info.directory, name, expected) for info in infos)
+        expected = _corpus_ids(root / name)
+        for directory in feature_dirs(root, name, feature):
+            reports.append(verify_feature(directory, name, expected, repair))
     return reports
+
+
+def feature_dirs(root: Path, corpus: str, feature: Optional[str] = None) -> list[Path]:
+    """Feature folders found by their spec.json alone, so a feature whose manifest is damaged is
+    still found (and repaired). `feature` is NAME or NAME@HASH (a prefix of the hash)."""
+    dirs = sorted(p.parent for p in (Path(root) / corpus).glob(f"*/{SPEC_FILE}"))
+    if not feature:
+        return dirs
+    name, _, config_hash = feature.partition("@")
+    matches = [d for d in dirs if d.name.split("@")[0] == name and d.name.partition("@")[2].startswith(config_hash)]
+    if not matches:
+        raise CacheError(f"{Path(root) / corpus}: feature {feature!r} is not in the cache; "
+                         f"see `mer cache ls {shlex.quote(str(root))}`")
+    if len(matches) > 1:
+        options = ", ".join(d.name for d in matches)
+        raise CacheError(f"{Path(root) / corpus}: {feature!r} exists in several configs ({options}); "
+                         "name one as --feature FEATURE@HASH")
+    return matches
 
 
 def _corpus_ids(corpus_dir: Path) -> Optional[set[str]]:
@@ -58,68 +92,211 @@ def _corpus_ids(corpus_dir: Path) -> Optional[set[str]]:
     return {u.id for u in read_utterances(path)} if path.is_file() else None
 
 
-def verify_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]]) -> FeatureReport:
-    manifest = read_manifest(directory)
-    spec = FeatureSpec.from_dict(manifest["spec"])
-    report = FeatureReport(corpus, spec.name, spec.config_hash, str(directory), list(spec.row_shape))
-    seen: Counter = Counter()
-    for shard in manifest["shards"]:
-        _check_shard(Path(directory), shard, spec, report, seen)
-    report.stored = len(seen)
-    report.failure_reasons = dict(manifest["failures"])
-    report.failed = len(report.failure_reasons)
-    for utt_id, n in seen.items():
-        if n > 1:
-            report.problems.append(f"{directory}: {utt_id} is stored {n} times; remove the feature and re-extract")
-    if expected_ids is not None:
-        missing = expected_ids - set(seen) - set(report.failure_reasons)
-        report.missing = len(missing)
-        if missing:
-            example = ", ".join(sorted(missing)[:3])
-            report.problems.append(f"{directory}: {len(missing)} utterances of the corpus manifest are missing "
-                                   f"(e.g. {example}); run `mer extract` again to fill them")
-    _check_stray_files(Path(directory), manifest, report)
+def verify_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]],
+                   repair: bool = False) -> FeatureReport:
+    report = inspect_feature(directory, corpus, expected_ids)
+    if not repair:
+        return report
+    if report.damaged or report.stale_manifest or report.strays:
+        dropped = repair_feature(Path(directory), corpus, report)
+        report = inspect_feature(directory, corpus, expected_ids)
+        report.dropped = dropped
+    return _after_repair(report)
+
+
+def _after_repair(report: FeatureReport) -> FeatureReport:
+    """After --repair, utterances not stored are the next `mer extract`'s work, not a fault of the cache."""
+    if report.missing:
+        report.problems = [p for p in report.problems if MISSING not in p]
+        report.notes.append(f"{report.missing} utterances to compute: run the same `mer extract` again")
+    elif report.dropped:
+        report.notes.append("run the same `mer extract` again to recompute the dropped utterances")
     return report
 
 
-def _check_shard(directory: Path, shard: dict, spec: FeatureSpec, report: FeatureReport, seen: Counter) -> None:
-    path = directory / shard["file"]
-    if not path.is_file():
-        report.problems.append(f"{path}: shard listed in the manifest is missing; remove the feature and re-extract")
-        return
-    if sha256_file(path) != shard["sha256"]:
-        report.problems.append(f"{path}: checksum mismatch (the file changed after it was written); "
-                               "delete it and its .json record, then run `mer extract` again")
-        return
+# ---- inspection (no lock: readers never take one) ----------------------------------------------
+
+def inspect_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]]) -> FeatureReport:
+    directory = Path(directory)
+    spec = _read_spec(directory)
+    report = FeatureReport(corpus, spec.name, spec.config_hash, str(directory), list(spec.row_shape))
+    if spec.ignored_keys:
+        report.notes.append(f"spec keys from a newer mer ignored: {', '.join(spec.ignored_keys)}")
+    records, corrupt = load_records(directory)
+    for stem, problem in corrupt.items():
+        report.problems.append(problem)
+        report.damaged[stem] = problem
+    _check_manifest(directory, corpus, spec, records, report)
+    seen: Counter = Counter()
+    in_damaged: set[str] = set()
+    row_check = _row_checker(spec, report)
+    for record in (r for r in records if r.file):
+        reason = shard_damage(directory, record, spec, row_check)
+        if reason:
+            problem = f"{directory / record.file}: {reason}; {repair_command(directory)}"
+            report.problems.append(problem)
+            report.damaged[Path(record.file).stem] = problem
+            in_damaged.update(record.ids)
+        else:
+            seen.update(record.ids)
+    report.stored = len(seen)
+    report.failure_reasons = stored_and_failed(records)[1]
+    report.failed = len(report.failure_reasons)
+    _check_duplicates(directory, seen, report)
+    _check_coverage(directory, expected_ids, set(seen) | in_damaged, report)
+    _check_stray_files(directory, report)
+    return report
+
+
+def _read_spec(directory: Path) -> FeatureSpec:
+    path = directory / SPEC_FILE
     try:
-        reader = ShardReader(path)
+        return FeatureSpec.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise CacheError(f"{path}: unreadable spec ({' '.join(str(exc).split())}); restore it from the "
+                         "\"spec\" of manifest.json next to it") from exc
+
+
+def load_records(directory: Path) -> tuple[list[ShardRecord], dict[str, str]]:
+    """The readable commit records, and a problem line for each corrupt one (by stem)."""
+    records, corrupt = [], {}
+    for path in sorted(directory.glob("shard-*.json")):
+        try:
+            records.append(ShardRecord.load(path))
+        except CacheError as exc:
+            corrupt[path.stem] = str(exc)
+    return records, corrupt
+
+
+def _check_manifest(directory: Path, corpus: str, spec: FeatureSpec, records: list[ShardRecord],
+                    report: FeatureReport) -> None:
+    try:
+        manifest = read_manifest(directory)
     except CacheError as exc:
         report.problems.append(str(exc))
+        report.stale_manifest = True
         return
+    wanted = build_manifest(directory, corpus, spec, records)
+    if manifest["shards"] != wanted["shards"] or manifest["failures"] != wanted["failures"]:
+        report.problems.append(f"{directory / 'manifest.json'}: disagrees with the shard records; "
+                               f"{repair_command(directory)}")
+        report.stale_manifest = True
+
+
+def shard_damage(directory: Path, record: ShardRecord, spec: FeatureSpec,
+                 row_check: Optional[RowCheck] = None) -> Optional[str]:
+    """What is wrong with the record's shard, in a few words; None when it is sound. The cheap
+    checks come first, and links are refused before the sha256, so that they are named as such."""
+    path = directory / record.file
+    if not path.is_file():
+        return "shard file is missing"
+    size = path.stat().st_size
+    if size != record.size:
+        return f"{size} bytes, its record says {record.size} (truncated)"
     try:
-        if reader.ids != shard["ids"]:
-            report.problems.append(f"{path}: ids differ from the manifest; delete the shard and re-extract")
-        seen.update(reader.ids)
+        reader = ShardReader(path)  # refuses links, external storage and virtual datasets
+    except CacheError as exc:
+        return _reason(exc, path)
+    try:
+        if sha256_file(path) != record.sha256:
+            return "checksum mismatch (the file changed after it was written)"
+        if reader.ids != record.ids:
+            return "ids differ from its commit record"
+        reader.read_extras()
         for utt_id, rows in reader:
-            _check_rows(path, utt_id, rows, spec, report)
+            if tuple(rows.shape[1:]) != spec.row_shape:
+                return f"{utt_id} has rows of shape {rows.shape[1:]}, the spec says {spec.row_shape}"
+            if row_check:
+                row_check(path, utt_id, rows)
+    except CacheError as exc:
+        return _reason(exc, path)
     finally:
         reader.close()
+    return None
 
 
-def _check_rows(path: Path, utt_id: str, rows: np.ndarray, spec: FeatureSpec, report: FeatureReport) -> None:
-    if tuple(rows.shape[1:]) != spec.row_shape:
-        report.problems.append(f"{path}: {utt_id} has rows of shape {rows.shape[1:]}, spec says {spec.row_shape}")
-    elif rows.shape[0] == 0:
-        report.problems.append(f"{path}: {utt_id} has no frames")
-    elif not np.isfinite(rows).all():
-        bad = int((~np.isfinite(rows)).sum())
-        report.problems.append(f"{path}: {utt_id} holds {bad} NaN/Inf values; re-extract with --dtype float32 "
-                               "or check the input audio")
+def _reason(exc: CacheError, path: Path) -> str:
+    """The middle of a ShardReader message: without the shard's name and the repair command."""
+    return str(exc).removeprefix(f"{path}: ").removesuffix(f"; {repair_command(path.parent)}")
 
 
-def _check_stray_files(directory: Path, manifest: dict, report: FeatureReport) -> None:
-    listed = {s["file"] for s in manifest["shards"]}
-    active_claims = {p.name.split(".")[0] for p in directory.glob("shard-*.claim")}
-    for path in directory.glob("shard-*.h5"):
-        if path.name not in listed and path.name.split(".")[0] not in active_claims:
-            report.problems.append(f"{path}: shard not in the manifest; run `mer extract` (it cleans up) or delete it")
+def _row_checker(spec: FeatureSpec, report: FeatureReport) -> RowCheck:
+    def check(path: Path, utt_id: str, rows: np.ndarray) -> None:
+        if rows.shape[0] == 0:
+            report.problems.append(f"{path}: {utt_id} has no frames")
+        elif not np.isfinite(rows).all():
+            bad = int((~np.isfinite(rows)).sum())
+            report.problems.append(f"{path}: {utt_id} holds {bad} NaN/Inf values; re-extract with --dtype float32 "
+                                   "or check the input audio")
+    return check
+
+
+def _check_duplicates(directory: Path, seen: Counter, report: FeatureReport) -> None:
+    for utt_id, n in seen.items():
+        if n > 1:
+            root, corpus, feature = (shlex.quote(str(p)) for p in (directory.parent.parent, directory.parent.name,
+                                                                    directory.name))
+            report.problems.append(f"{directory}: {utt_id} is stored {n} times; run `mer cache rm {root} {corpus} "
+                                   f"{feature} --yes`, then the same `mer extract` again")
+
+
+def _check_coverage(directory: Path, expected_ids: Optional[set[str]], present: set[str],
+                    report: FeatureReport) -> None:
+    if expected_ids is None:
+        return
+    missing = expected_ids - present - set(report.failure_reasons)
+    report.missing = len(missing)
+    if missing:
+        example = ", ".join(sorted(missing)[:3])
+        report.problems.append(f"{directory}: {len(missing)} {MISSING} (e.g. {example}); "
+                               "run the same `mer extract` again to fill them")
+
+
+def _check_stray_files(directory: Path, report: FeatureReport) -> None:
+    for path in stray_shards(directory):
+        report.strays.append(str(path))
+        report.problems.append(f"{path}: shard not in the manifest; {repair_command(directory)}")
+
+
+def stray_shards(directory: Path) -> list[Path]:
+    """Shard files without a commit record or a claim (live, or dead and not yet reaped by a writer)."""
+    accounted = {p.name.split(".")[0] for pattern in ("shard-*.json", "shard-*.claim") for p in directory.glob(pattern)}
+    return [p for p in sorted(directory.glob("shard-*.h5")) if p.stem not in accounted]
+
+
+# ---- repair (under the feature's lock, like every writer) -----------------------------------------
+
+def repair_feature(directory: Path, corpus: str, report: FeatureReport) -> list[str]:
+    """Drop what `report` found damaged (checked again under the lock: a writer may have replaced it
+    meanwhile), remove stray shards, rebuild manifest.json. Returns one line per thing removed."""
+    dropped = []
+    with lock(directory / LOCK_FILE):
+        spec = _read_spec(directory)
+        for stem in report.damaged:
+            line = _drop_if_still_damaged(directory, stem, spec)
+            if line:
+                dropped.append(line)
+        for path in stray_shards(directory):
+            path.unlink(missing_ok=True)
+            dropped.append(f"{path}: removed (no commit record lists it)")
+        records, _ = load_records(directory)  # a record corrupted meanwhile waits for the next repair
+        manifest = build_manifest(directory, corpus, spec, records)
+        manifest["spec"] = json.loads((directory / SPEC_FILE).read_text())  # keeps a newer version's keys
+        write_manifest(directory, manifest)
+    return dropped
+
+
+def _drop_if_still_damaged(directory: Path, stem: str, spec: FeatureSpec) -> Optional[str]:
+    path = directory / f"{stem}.json"
+    if not path.is_file():
+        return None
+    try:
+        record = ShardRecord.load(path)
+    except CacheError:
+        drop_shard(directory, stem)
+        return f"{path}: dropped (corrupt record) with {stem}.h5"
+    reason = shard_damage(directory, record, spec) if record.file else None
+    if not reason:
+        return None
+    drop_shard(directory, stem)
+    return f"{directory / record.file}: dropped ({reason}) with its record; {len(record.ids)} utterances to recompute"

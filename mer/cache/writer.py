@@ -25,8 +25,8 @@ from typing import Iterable, Optional
 import numpy as np
 
 from mer.cache.layout import LOCK_FILE, SPEC_FILE, atomic_write_json, feature_dir_name, shard_name
-from mer.cache.locks import HeldLock, lock, try_lock
-from mer.cache.manifest import (ShardRecord, build_manifest, next_free_index, read_shard_records,
+from mer.cache.locks import HeldLock, is_held_here, lock, try_lock
+from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, next_free_index, read_shard_records,
                                 stored_and_failed, write_manifest)
 from mer.cache.shard import to_storage, write_shard
 from mer.hashing import sha256_file
@@ -83,7 +83,7 @@ class FeatureWriter:
     # ---- state -------------------------------------------------------------------------
     def state(self) -> CacheState:
         """Stored, failed and claimed ids. Call under the lock to act on it."""
-        records = read_shard_records(self.dir, self._records_memo)
+        records = self._intact_records()
         stored, failed = stored_and_failed(records)
         claimed: set[str] = set()
         for claim_path in sorted(self.dir.glob("shard-*.claim")):
@@ -91,6 +91,18 @@ class FeatureWriter:
             if ids is not None:
                 claimed.update(ids)
         return CacheState(stored, failed, claimed, records)
+
+    def _intact_records(self) -> list[ShardRecord]:
+        """The records whose shard is present at its recorded size (a cheap check, every run; verify
+        --repair does the sha256). The others count as pending, and under the lock they are dropped,
+        record and file, so the next claim recomputes their ids."""
+        records = read_shard_records(self.dir, self._records_memo)
+        damaged = [r for r in records if r.file and not _has_size(self.dir / r.file, r.size)]
+        if damaged and is_held_here(self._lock_path):
+            for record in damaged:
+                drop_shard(self.dir, shard_name(record.index))
+            self._write_manifest()
+        return [r for r in records if r not in damaged]
 
     def _live_claim_ids(self, claim_path: Path) -> Optional[list[str]]:
         if str(claim_path) in _own_claims:
@@ -200,6 +212,13 @@ def write_temp_shard(feature_dir: Path, index: int, spec: FeatureSpec, claim_ids
     stored = [to_storage(arrays[i], spec, i) for i in ids]
     write_shard(path, spec, ids, stored, [extras[i] for i in ids] if extras else None, compression)
     return path
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _ids_and_rows(path: Path) -> tuple[list[str], int]:
