@@ -145,13 +145,15 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--protocol-option", "protocol_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--folds", help="Comma-separated fold names to run (default: all).")
 @click.option("--workers", default=1, show_default=True, help="Folds in parallel on a local dask cluster.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<model>-<corpus>-...).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<model>-<corpus>-...). "
+              "The same command again resumes the run there; a different run there is refused.")
+@click.option("--overwrite", is_flag=True, help="Remove a different run found in --out, then train this one.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", type=click.Choice(["cpu", "cuda", "auto"]), show_default=True)
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
 @click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes per fold.")
-def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, folds, workers, out, seed, device,
-         class_weights, loader_workers) -> None:
+def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, folds, workers, out, overwrite, seed,
+         device, class_weights, loader_workers) -> None:
     """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""
     from mer.fuse.run import FuseConfig, run_fuse
     from mer.fuse.trainer import TrainerConfig
@@ -159,7 +161,7 @@ def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, 
     config = FuseConfig(model=model, corpus=corpus, cache=cache, protocol=protocol,
                         protocol_options=_key_values(protocol_options, "--protocol-option"),
                         settings=_key_values(settings, "--set"), ablations=list(ablations), out=out,
-                        workers=workers, folds=folds.split(",") if folds else None,
+                        overwrite=overwrite, workers=workers, folds=folds.split(",") if folds else None,
                         trainer=TrainerConfig(device=_device(device), seed=seed, class_weights=class_weights),
                         loader_workers=loader_workers)
     run_fuse(config, log=lambda line: click.echo(line, err=True) if line.startswith("[") else click.echo(line))
@@ -168,14 +170,15 @@ def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, 
 @cli.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="A `mer fuse` run directory.")
 @click.option("--audio", type=click.Path(path_type=Path), help="An audio file (any format, rate, channels).")
-@click.option("--text", default="", help="The transcript.")
-@click.option("--fold", help="Use one fold's checkpoint (default: average over all folds).")
+@click.option("--text", default="", help="The transcript (required when the model reads text).")
+@click.option("--no-text", is_flag=True, help="Predict from an empty transcript although the model reads text.")
+@click.option("--fold", help="Use one fold's checkpoint (default: average over all complete folds).")
 @click.option("--json", "as_json", is_flag=True)
-def predict(run_dir, audio, text, fold, as_json) -> None:
+def predict(run_dir, audio, text, no_text, fold, as_json) -> None:
     """Class probabilities for new audio + text, with the run's own feature extractors."""
     from mer.predict import predict as run_predict
 
-    result = run_predict(run_dir, audio, text, fold)
+    result = run_predict(run_dir, audio, text, fold, no_text=no_text, warn=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
@@ -198,7 +201,8 @@ def cache_ls(root, as_json) -> None:
     fc = FeatureCache(root)
     rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
              "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
-             "granularity": f.spec.granularity, "bytes": _size(f.directory)}
+             "granularity": f.spec.granularity, "bytes": _size(f.directory),
+             "ignored_spec_keys": list(f.spec.ignored_keys)}
             for corpus in fc.corpora() for f in fc.features(corpus)]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -207,7 +211,9 @@ def cache_ls(root, as_json) -> None:
         click.echo(f"{root}: empty cache")
     for r in rows:
         click.echo(f"{r['corpus']:<16} {r['feature']:<28} {r['config_hash']}  {r['utterances']:>7} utt  "
-                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB")
+                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB"
+                   + (f"  (spec keys from a newer mer ignored: {', '.join(r['ignored_spec_keys'])})"
+                      if r["ignored_spec_keys"] else ""))
 
 
 def _size(directory: Path) -> int:
@@ -239,6 +245,8 @@ def cache_info(root, corpus, feature, as_json) -> None:
         click.echo(f"  {item['utterances']} utterances in {item['shards']} shards; {len(item['failures'])} failed")
         for utt_id, reason in list(item["failures"].items())[:10]:
             click.echo(f"    failed {utt_id}: {reason}")
+        if item["ignored_spec_keys"]:
+            click.echo(f"  spec keys from a newer mer ignored: {', '.join(item['ignored_spec_keys'])}")
 
 
 def _info_dict(fc, info) -> dict:
@@ -251,7 +259,7 @@ def _info_dict(fc, info) -> dict:
             "dims": list(spec.row_shape), "layers": spec.config.get("layers"),
             "utterances": info.num_utterances, "corpus_utterances": corpus_size, "shards": info.num_shards,
             "bytes": _size(info.directory), "package_version": manifest["package_version"],
-            "failures": manifest["failures"]}
+            "failures": manifest["failures"], "ignored_spec_keys": list(spec.ignored_keys)}
 
 
 @cache.command("verify")
@@ -260,11 +268,13 @@ def _info_dict(fc, info) -> dict:
 @click.option("--feature")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--strict", is_flag=True, help="Count recorded extraction failures as problems too.")
-def cache_verify(root, corpus, feature, as_json, strict) -> None:
-    """Recompute checksums; check coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
+@click.option("--repair", is_flag=True, help="Drop damaged shards and records, rebuild the manifest; the next "
+              "`mer extract` recomputes what was dropped.")
+def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
+    """Recompute checksums; check records, links, coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
     from mer.cache.verify import verify_cache
 
-    reports = verify_cache(root, corpus, feature)
+    reports = verify_cache(root, corpus, feature, repair)
     bad = [r for r in reports if not r.ok or (strict and r.failed)]
     if as_json:
         click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))
@@ -273,8 +283,8 @@ def cache_verify(root, corpus, feature, as_json, strict) -> None:
             state = "ok" if r.ok else "PROBLEMS"
             click.echo(f"{r.corpus}/{r.feature}@{r.config_hash}: {state}  stored {r.stored}, failed {r.failed}, "
                        f"missing {r.missing}, dims {r.dims}")
-            for problem in r.problems:
-                click.echo(f"  {problem}")
+            for line in [*r.problems, *r.dropped, *r.notes]:
+                click.echo(f"  {line}")
     sys.exit(1 if bad else 0)
 
 
@@ -284,22 +294,14 @@ def cache_verify(root, corpus, feature, as_json, strict) -> None:
 @click.argument("feature", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def cache_rm(root, corpus, feature, yes) -> None:
-    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus."""
-    from mer.cache.locks import lock
-    from mer.cache.reader import FeatureCache
+    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus: only what `cache ls`
+    lists, and never while a running `mer extract` holds a claim in it."""
+    from mer.cache.remove import removal_target, remove
 
-    fc = FeatureCache(root)
-    target = fc.find(corpus, feature).directory if feature else Path(root) / corpus
-    if not target.is_dir():
-        raise MerError(f"{target}: not in the cache; see `mer cache ls {root}`")
+    target = removal_target(root, corpus, feature)
     if not yes:
         click.confirm(f"remove {target}?", abort=True)
-    for directory in [target] if feature else [p for p in target.iterdir() if p.is_dir()]:
-        with lock(directory / ".lock", timeout=30):  # never under a running writer's feet
-            shutil.rmtree(directory)
-    if not feature:
-        shutil.rmtree(target)
-    click.echo(f"removed {target}")
+    click.echo(f"removed {remove(root, corpus, feature)}")
 
 
 @cli.group("list")

@@ -3,14 +3,23 @@
 The run's config.json records each input feature's full spec (extractor name, the options it
 was built with, config hash). The same extractors are rebuilt, checked to give the same config
 hash, and applied to the file; the features are cut, normalised with the fold's training
-statistics and batched exactly as in training. With several folds, the class probabilities
-are averaged over the folds' checkpoints (or one fold is chosen with `fold`)."""
+statistics and batched exactly as in training. Only the folds the run records as complete
+(folds/<fold>.json, whose checksums must match the fold's checkpoint and normalisation) are
+used; with several, the class probabilities are averaged over them (or one is chosen with
+`fold`).
+
+Audio is decoded only as far as the features need: when the model reads at most
+`max_audio_frames` frames (training keeps the FIRST frames) and every audio feature's frames
+depend only on nearby samples, the first ceil(max_audio_frames / frame_rate) seconds plus a
+margin are decoded. Utterance-level features, and frame features that depend on the whole
+file (MFCC's top_db floor relative to the file's peak, SSL encoders' attention), decode it all."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,29 +27,82 @@ import torch
 from mer.data.audio import load_audio
 from mer.data.utterance import Utterance
 from mer.errors import MerError
-from mer.extract.base import ExtractItem, FeatureSpec, rebuild_extractor
+from mer.extract.base import Extractor, ExtractItem, FeatureSpec, rebuild_extractor
+from mer.extract.spectral import SpectralExtractor
 from mer.fuse.data import IGNORE_LABEL, FusionCollate, NormStats
 from mer.fuse.models import MODELS, build_model
+from mer.fuse.run import fuse_command, run_digest
+from mer.hashing import sha256_file
+
+MARGIN_SECONDS = 1.0  # beyond the last frame kept: covers every window and delta reach at its edge
 
 
 def load_run(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise MerError(f"{path}: not a run directory (no config.json); give the --out folder of `mer fuse`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise MerError(f"{path}: unreadable ({exc}); train the run again with `mer fuse` and --overwrite") from None
 
 
-def extract_inputs(run: dict, audio_path: Optional[Path], text: str) -> dict[str, np.ndarray]:
+def complete_folds(run_dir: Path, run: dict) -> dict[str, dict]:
+    """fold -> its record, for every fold the run records as complete; refuses records that
+    disagree with config.json or with the files they describe."""
+    config_path = run_dir / "config.json"
+    records = {}
+    for path in sorted((run_dir / "folds").glob("*.json")):
+        record = json.loads(path.read_text())
+        fold = record.get("fold")
+        if record.get("run") != run_digest(run) or fold not in run.get("folds", []):
+            raise MerError(f"{path}: a fold of another run than {config_path} records; "
+                           f"the folder mixes two runs: train it again: {fuse_command(run, run_dir, overwrite=True)}")
+        if record.get("labels") != run["labels"]:
+            raise MerError(f"{path}: labels {record.get('labels')} differ from {run['labels']} in {config_path}; "
+                           f"the folder mixes two runs: train it again: {fuse_command(run, run_dir, overwrite=True)}")
+        for kind, file in (("checkpoint", run_dir / "checkpoints" / f"{fold}.safetensors"),
+                           ("norm", run_dir / "norm" / f"{fold}.npz")):
+            if not file.is_file() or sha256_file(file) != record.get(f"{kind}_sha256"):
+                raise MerError(f"{file}: {'missing' if not file.is_file() else 'changed'} since fold {fold} finished "
+                               f"(see {path}); train the run again: {fuse_command(run, run_dir, overwrite=True)}")
+        records[fold] = record
+    if not records:
+        raise MerError(f"{run_dir}: no fold of this run is complete (no folds/<fold>.json); resume the run: "
+                       f"{fuse_command(run, run_dir)}")
+    return records
+
+
+def audio_seconds_needed(extractors: list[Extractor], max_audio_frames: Optional[int]) -> Optional[float]:
+    """Seconds from the start that give the same first `max_audio_frames` frames as the whole
+    file; None: the whole file."""
+    if max_audio_frames is None or not extractors or not all(_frames_are_local(e) for e in extractors):
+        return None
+    return max(math.ceil(max_audio_frames / e.spec.frame_rate) for e in extractors) + MARGIN_SECONDS
+
+
+def _frames_are_local(extractor: Extractor) -> bool:
+    """A frame computed from its own window (and its deltas' neighbours) alone."""
+    if not isinstance(extractor, SpectralExtractor) or not extractor.spec.frame_rate:
+        return False
+    config = extractor.config
+    return config.log == "ln" or config.top_db is None  # top_db floors at the whole file's peak
+
+
+def extract_inputs(run: dict, config, audio_path: Optional[Path], text: str) -> dict[str, np.ndarray]:
     """role -> (rows, dim) float32, each role's features joined on the last axis as in training."""
-    wave = load_audio(audio_path) if audio_path is not None else None
+    extractors = {role: [rebuild_extractor(FeatureSpec.from_dict(d)) for d in specs]
+                  for role, specs in run["feature_specs"].items()}
+    wave = None
+    if "audio" in extractors:
+        if audio_path is None:
+            raise MerError(f"this run's model reads audio ({run['features']['audio']}); pass --audio FILE")
+        wave = load_audio(audio_path, None, audio_seconds_needed(extractors["audio"], config.max_audio_frames))
     utterance = Utterance(id="predict/0", corpus="predict", text=text, extra={"context": []})
     inputs = {}
-    for role, specs in run["feature_specs"].items():
-        if role == "audio" and wave is None:
-            raise MerError(f"this run's model reads audio ({run['features']['audio']}); pass --audio FILE")
+    for role, role_extractors in extractors.items():
         parts = []
-        for spec_dict in specs:
-            extractor = rebuild_extractor(FeatureSpec.from_dict(spec_dict))
+        for extractor in role_extractors:
             extractor.load("cpu")
             array = np.asarray(extractor.extract([ExtractItem(utterance, wave if role == "audio" else None)])[0],
                                dtype=np.float32)
@@ -51,35 +113,50 @@ def extract_inputs(run: dict, audio_path: Optional[Path], text: str) -> dict[str
     return inputs
 
 
-def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional[str] = None) -> dict[str, float]:
+def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional[str] = None, no_text: bool = False,
+            warn: Callable[[str], None] = print) -> dict[str, float]:
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     config = MODELS.get(run["model"]).config_class(**run["model_config"])
     labels = run["labels"]
-    inputs = extract_inputs(run, audio_path, text)
-    folds = [fold] if fold else sorted(p.stem for p in (run_dir / "checkpoints").glob("*.safetensors"))
-    if not folds:
-        raise MerError(f"{run_dir}/checkpoints: no checkpoint; the run did not finish")
-    outputs = [_predict_fold(run_dir, name, run, config, inputs) for name in folds]
+    records = complete_folds(run_dir, run)
+    if fold and fold not in records:
+        raise MerError(f"--fold {fold}: not a complete fold of {run_dir}; complete folds: {', '.join(records)}")
+    _check_text(run, text, no_text, warn)
+    inputs = extract_inputs(run, config, audio_path, text)
+    outputs = [_predict_fold(run_dir, name, run, config, inputs) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
     if labels is None:
         return {"prediction": float(mean)}
     return {label: float(p) for label, p in zip(labels, mean)}
 
 
+def _check_text(run: dict, text: str, no_text: bool, warn: Callable[[str], None]) -> None:
+    reads_text = "text" in run["feature_specs"]
+    if no_text and text.strip():
+        raise MerError("--no-text and --text both given; drop one of them")
+    if reads_text and not text.strip() and not no_text:
+        raise MerError(f"--text is empty, but this run's model reads text ({run['features']['text']}); give the "
+                       "transcript with --text \"...\", or pass --no-text to predict from an empty transcript")
+    if reads_text and no_text:
+        warn(f"warning: --no-text: predicting from an EMPTY transcript, although the model was trained with text "
+             f"({run['features']['text']}); expect worse predictions")
+
+
 def _predict_fold(run_dir: Path, fold: str, run: dict, config, inputs: dict[str, np.ndarray]) -> np.ndarray:
     from safetensors.torch import load_file
 
     checkpoint = run_dir / "checkpoints" / f"{fold}.safetensors"
-    if not checkpoint.is_file():
-        raise MerError(f"{checkpoint}: no such fold checkpoint; folds: "
-                       f"{', '.join(p.stem for p in (run_dir / 'checkpoints').glob('*.safetensors'))}")
-    norm_path = run_dir / "norm" / f"{fold}.npz"
-    stats = NormStats.load(norm_path) if norm_path.is_file() else None
+    stats = NormStats.load(run_dir / "norm" / f"{fold}.npz")
     labels = run["labels"]
     dims = {role: (inputs[role].shape[1] if role in inputs else None) for role in ("audio", "text")}
     model = build_model(run["model"], len(labels) if labels else 1, dims, config)
-    model.load_state_dict(load_file(str(checkpoint)))
+    try:
+        model.load_state_dict(load_file(str(checkpoint)))
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0]
+        raise MerError(f"{checkpoint}: does not fit the model that {run_dir / 'config.json'} records ({reason}); "
+                       f"train the run again: {fuse_command(run, run_dir, overwrite=True)}") from None
     model.eval()
     collate = FusionCollate(config.sample_unit, tuple(inputs), regression=labels is None, stats=stats)
     batch = collate([_item(config, inputs)])

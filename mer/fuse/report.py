@@ -1,12 +1,15 @@
 """What a run writes: metrics.json (one shape for every protocol), predictions.csv,
-confusion.png, curves.png; and the results table printed beside the paper's numbers."""
+confusion.png, curves.png; and the results table printed beside the paper's numbers.
+Each finished fold's results go to folds/<fold>.json (`fold_record`), from which all of these
+are rebuilt without retraining (`fold_from_record`)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -21,8 +24,47 @@ def metrics_document(model: str, corpus: str, protocol: str, folds: list, extra:
             **(extra or {})}
 
 
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary path)`, then rename: a reader (or a rerun after a kill) sees the whole
+    file or none of it."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, document: dict) -> None:
+    write_atomically(path, lambda p: p.write_text(json.dumps(document, indent=1, default=_jsonable)))
+
+
 def write_metrics(run_dir: Path, document: dict) -> None:
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(document, indent=1, default=_jsonable))
+    write_json(Path(run_dir) / "metrics.json", document)
+
+
+def fold_record(result) -> dict:
+    """A finished fold's results as JSON: enough to rebuild metrics.json, predictions.csv,
+    history.json and the plots."""
+    return {"fold": result.fold, "best_epoch": result.best_epoch, "history": result.history, "dev": result.dev,
+            "test": result.test, "dev_predictions": _predictions_record(result.dev_predictions),
+            "test_predictions": _predictions_record(result.test_predictions)}
+
+
+def fold_from_record(record: dict):
+    from mer.fuse.trainer import FoldResult, Predictions
+
+    def predictions(r: dict) -> Predictions:
+        return Predictions(list(r["ids"]), np.asarray(r["targets"]), np.asarray(r["outputs"], dtype=np.float32))
+
+    return FoldResult(record["fold"], record["best_epoch"], record["history"], record["dev"], record["test"],
+                      predictions(record["dev_predictions"]), predictions(record["test_predictions"]))
+
+
+def _predictions_record(predictions) -> dict:
+    return {"ids": list(predictions.ids), "targets": np.asarray(predictions.targets).tolist(),
+            "outputs": np.asarray(predictions.outputs).tolist()}
 
 
 def _jsonable(value):
@@ -34,16 +76,18 @@ def _jsonable(value):
 
 
 def write_predictions(run_dir: Path, folds: list, labels: Optional[list[str]]) -> None:
-    path = Path(run_dir) / "predictions.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        header = ["fold", "split", "id", "target", "prediction"]
-        header += [f"p_{name}" for name in labels] if labels else []
-        writer.writerow(header)
-        for fold in folds:
-            for split, predictions in (("dev", fold.dev_predictions), ("test", fold.test_predictions)):
-                for i, utt_id in enumerate(predictions.ids):
-                    writer.writerow(_prediction_row(fold.fold, split, utt_id, predictions, i, labels))
+    def write(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            header = ["fold", "split", "id", "target", "prediction"]
+            header += [f"p_{name}" for name in labels] if labels else []
+            writer.writerow(header)
+            for fold in folds:
+                for split, predictions in (("dev", fold.dev_predictions), ("test", fold.test_predictions)):
+                    for i, utt_id in enumerate(predictions.ids):
+                        writer.writerow(_prediction_row(fold.fold, split, utt_id, predictions, i, labels))
+
+    write_atomically(Path(run_dir) / "predictions.csv", write)
 
 
 def _prediction_row(fold, split, utt_id, predictions, i, labels) -> list:
@@ -77,7 +121,7 @@ def plot_confusion(run_dir: Path, folds: list, labels: Optional[list[str]]) -> N
     ax.set_title(f"test confusion ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
     fig.colorbar(image, ax=ax, label="recall")
     fig.tight_layout()
-    fig.savefig(Path(run_dir) / "confusion.png", dpi=120)
+    write_atomically(Path(run_dir) / "confusion.png", lambda path: fig.savefig(path, dpi=120))
     plt.close(fig)
 
 
@@ -98,7 +142,7 @@ def plot_curves(run_dir: Path, folds: list, monitor: str) -> None:
         loss_ax.legend(fontsize=7)
         metric_ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(Path(run_dir) / "curves.png", dpi=120)
+    write_atomically(Path(run_dir) / "curves.png", lambda path: fig.savefig(path, dpi=120))
     plt.close(fig)
 
 

@@ -1,10 +1,19 @@
 """`mer fuse`: every fold of a protocol, trained and evaluated from the cache alone, written
 to a run directory (config.json, metrics.json, predictions.csv, confusion.png, curves.png,
-checkpoints/<fold>.safetensors, norm/<fold>.npz). Folds run in parallel on dask with `workers`."""
+checkpoints/<fold>.safetensors, norm/<fold>.npz). Folds run in parallel on dask with `workers`.
+
+config.json is written before training. A fold, when it finishes, writes its checkpoint, its
+normalisation and then folds/<fold>.json (its results and the checksums of the other two),
+each by rename: that file's presence means the fold is complete. The same command run again
+skips complete folds (a fold depends only on the seed, not on what ran before), so a killed
+run resumes. An --out folder holding another run is refused unless `overwrite`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +28,17 @@ from mer.errors import MerError
 from mer.fuse.data import FusionData
 from mer.fuse.models import MODELS, build_model, make_config
 from mer.fuse.models.base import FusionConfig
-from mer.fuse.report import (metrics_document, plot_confusion, plot_curves, results_table, write_metrics,
-                             write_predictions)
+from mer.fuse.report import (fold_from_record, fold_record, metrics_document, plot_confusion, plot_curves,
+                             results_table, write_atomically, write_json, write_metrics, write_predictions)
 from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
+from mer.hashing import sha256_file
 
 PRELOAD_BYTES = 2 << 30  # caches smaller than this are read into memory once per fold
+RUN_ENTRIES = ("config.json", "metrics.json", "predictions.csv", "history.json", "confusion.png", "curves.png",
+               "checkpoints", "norm", "folds")  # what --overwrite removes
+# config.json keys that make two runs the same run (not: paths, versions, device, the --set spelling)
+IDENTITY_KEYS = ("model", "corpus", "protocol", "protocol_options", "folds", "fold_ids", "seed", "labels", "features",
+                 "feature_hashes", "model_config", "trainer")
 
 
 @dataclass
@@ -36,6 +51,7 @@ class FuseConfig:
     settings: dict = field(default_factory=dict)  # model config overrides (`--set key=value`)
     ablations: list[str] = field(default_factory=list)  # `--ablation no_self`, `--ablation order=cross_self`
     out: Optional[Path] = None
+    overwrite: bool = False  # replace a different run in `out` (else refused)
     workers: int = 1
     folds: Optional[list[str]] = None  # a subset of the protocol's folds, by name
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -103,16 +119,22 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     run_dir = _run_dir(cfg, protocol)
     log(f"{cfg.model} on {cfg.corpus}: protocol {protocol} ({len(folds)} fold(s)) -> {run_dir}")
     log(fold_set.summary())
+    run_config = _config_document(cfg, config, features, fold_set, folds, cache)
+    _claim_run_dir(run_dir, run_config, cfg.overwrite, log)
+    done = {name: _load_fold(run_dir, name, run_config) for name in folds if (run_dir / "folds" / f"{name}.json").is_file()}
+    for name in done:
+        log(f"[{name}] complete in {run_dir / 'folds' / (name + '.json')}: loaded, not trained again")
     preload = _small_enough(cache, cfg.corpus, features)
     jobs = [FoldJob(cfg.model, config, cfg.trainer, Path(cfg.cache), cfg.corpus, features, fold_set, name, preload,
-                    cfg.loader_workers) for name in folds]
-    _write_config(run_dir, cfg, config, features, fold_set, cache)
-    results = _run_jobs(jobs, cfg.workers, run_dir, log)
+                    cfg.loader_workers) for name in folds if name not in done]
+    trained = _run_jobs(jobs, cfg.workers, lambda result: _save_fold(run_dir, result, run_config), log)
+    by_name = {**done, **{result.fold: result for result in trained}}
+    results = [by_name[name] for name in folds]
     labels = list(fold_set.labels) if fold_set.labels else None
     extra = {"speaker_independent": fold_set.speaker_independent, "features": features, "seed": cfg.trainer.seed}
     document = metrics_document(cfg.model, cfg.corpus, protocol, results, extra)
     write_metrics(run_dir, document)
-    (run_dir / "history.json").write_text(json.dumps({r.fold: r.history for r in results}, indent=1))
+    write_json(run_dir / "history.json", {r.fold: r.history for r in results})
     write_predictions(run_dir, results, labels)
     plot_confusion(run_dir, results, labels)
     plot_curves(run_dir, results, config.monitor)
@@ -132,12 +154,62 @@ def _chosen_folds(fold_set: FoldSet, wanted: Optional[list[str]]) -> list[str]:
 
 def _run_dir(cfg: FuseConfig, protocol: str) -> Path:
     if cfg.out is not None:
-        run_dir = Path(cfg.out)
-    else:
-        run_dir = Path("runs") / f"{cfg.model}-{cfg.corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "norm").mkdir(exist_ok=True)
-    return run_dir
+        return Path(cfg.out)
+    return Path("runs") / f"{cfg.model}-{cfg.corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _claim_run_dir(run_dir: Path, run_config: dict, overwrite: bool, log) -> None:
+    """Resume the same run, refuse another one (or clear it with `overwrite`), then write config.json."""
+    config_path = run_dir / "config.json"
+    present = [name for name in RUN_ENTRIES if (run_dir / name).is_file() or
+               (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    if present and not overwrite:
+        difference = _difference(config_path, run_config)
+        if difference:
+            raise MerError(f"{config_path}: --out holds another run ({difference}); pass --overwrite to replace it, "
+                           "or give another --out")
+    elif present:
+        log(f"--overwrite: removing the run in {run_dir} ({', '.join(present)})")
+        for name in present:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, run_config)
+    for sub in ("checkpoints", "norm", "folds"):
+        (run_dir / sub).mkdir(exist_ok=True)
+
+
+def _difference(config_path: Path, run_config: dict) -> Optional[str]:
+    """None when config.json describes this run; else what differs, in words."""
+    if not config_path.is_file():
+        return "run files but no config.json"
+    try:
+        old = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return "an unreadable config.json"
+    new = json.loads(json.dumps(run_config, default=str))  # compared as both are stored
+    for key in IDENTITY_KEYS:
+        path = _first_difference(old.get(key), new.get(key), key)
+        if path:
+            return path
+    return None
+
+
+def _first_difference(old, new, path: str) -> Optional[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if old == new:
+        return None
+    return f"{path} {_short(old)} there, {_short(new)} now"
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _small_enough(cache: FeatureCache, corpus: str, features: dict) -> bool:
@@ -148,42 +220,93 @@ def _small_enough(cache: FeatureCache, corpus: str, features: dict) -> bool:
     return total < PRELOAD_BYTES
 
 
-def _write_config(run_dir: Path, cfg: FuseConfig, config: FusionConfig, features: dict, fold_set: FoldSet,
-                  cache: FeatureCache) -> None:
+def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold_set: FoldSet, folds: list[str],
+                     cache: FeatureCache) -> dict:
     specs = {}
     for role, name in features.items():
         if name:
             specs[role] = [cache.find(cfg.corpus, part).spec.to_dict() for part in name.split("+")]
-    document = {"model": cfg.model, "corpus": cfg.corpus, "cache": str(Path(cfg.cache).resolve()),
-                "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options,
-                "labels": list(fold_set.labels) if fold_set.labels else None, "features": features,
-                "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
-                "ablations": cfg.ablations, "trainer": asdict(cfg.trainer), "seed": cfg.trainer.seed,
-                "package_version": __version__, "torch_version": torch.__version__,
-                "speaker_independent": fold_set.speaker_independent, "protocol_description": fold_set.description}
-    (run_dir / "config.json").write_text(json.dumps(document, indent=1, default=str))
+    trainer = {k: v for k, v in asdict(cfg.trainer).items() if k != "device"}
+    return {"model": cfg.model, "corpus": cfg.corpus, "cache": str(Path(cfg.cache).resolve()),
+            "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options, "folds": folds,
+            "fold_ids": {name: _fold_ids_digest(fold_set, name) for name in folds},
+            "labels": list(fold_set.labels) if fold_set.labels else None, "features": features,
+            "feature_hashes": {role: [s["config_hash"] for s in role_specs] for role, role_specs in specs.items()},
+            "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
+            "ablations": cfg.ablations, "trainer": trainer, "device": cfg.trainer.device, "seed": cfg.trainer.seed,
+            "package_version": __version__, "torch_version": torch.__version__,
+            "speaker_independent": fold_set.speaker_independent, "protocol_description": fold_set.description}
 
 
-def _run_jobs(jobs: list[FoldJob], workers: int, run_dir: Path, log) -> list[FoldResult]:
-    if workers <= 1:
-        results = [train_one_fold(job, log) for job in jobs]
-    else:
-        results = _run_on_dask(jobs, workers, log)
-    for result in results:
-        _save_checkpoint(run_dir / "checkpoints" / f"{result.fold}.safetensors", result.state_dict)
-        result.norm_stats.save(run_dir / "norm" / f"{result.fold}.npz")
-    return results
+def _fold_ids_digest(fold_set: FoldSet, name: str) -> str:
+    """Which utterances the fold trains, tunes and tests on: a changed corpus or cache changes it."""
+    fold = next(f for f in fold_set.folds if f.name == name)
+    parts = {part: list(fold.part(part)) for part in ("train", "dev", "test")}
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _run_on_dask(jobs: list[FoldJob], workers: int, log) -> list[FoldResult]:
-    from dask.distributed import Client, LocalCluster
+def run_digest(run_config: dict) -> str:
+    """The run a fold belongs to: recorded in folds/<fold>.json, checked by resume and predict."""
+    identity = {key: run_config.get(key) for key in IDENTITY_KEYS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fuse_command(run_config: dict, run_dir: Path, overwrite: bool = False) -> str:
+    """The `mer fuse` command that trains (or resumes) the run config.json describes."""
+    args = ["mer", "fuse", "--model", run_config["model"], "--dataset", run_config["corpus"], "--cache",
+            run_config["cache"], "--protocol", run_config["protocol"], "--folds", ",".join(run_config["folds"])]
+    args += [a for k, v in run_config["protocol_options"].items() for a in ("--protocol-option", f"{k}={v}")]
+    args += [a for k, v in run_config["settings"].items() for a in ("--set", f"{k}={v}")]
+    args += [a for ablation in run_config["ablations"] for a in ("--ablation", ablation)]
+    args += ["--seed", str(run_config["seed"]), "--device", run_config["device"], "--out", str(run_dir)]
+    args += ["--class-weights"] if run_config["trainer"].get("class_weights") else []
+    args += ["--overwrite"] if overwrite else []
+    return shlex.join(args)
+
+
+def _save_fold(run_dir: Path, result: FoldResult, run_config: dict) -> None:
+    """Checkpoint and normalisation first, the fold's record last: the record marks it complete."""
+    checkpoint = run_dir / "checkpoints" / f"{result.fold}.safetensors"
+    norm = run_dir / "norm" / f"{result.fold}.npz"
+    write_atomically(checkpoint, lambda path: _save_checkpoint(path, result.state_dict))
+    write_atomically(norm, lambda path: result.norm_stats.save(path))
+    record = {"run": run_digest(run_config), "labels": run_config["labels"], **fold_record(result),
+              "checkpoint_sha256": sha256_file(checkpoint), "norm_sha256": sha256_file(norm)}
+    write_json(run_dir / "folds" / f"{result.fold}.json", record)
+
+
+def _load_fold(run_dir: Path, name: str, run_config: dict) -> FoldResult:
+    path = run_dir / "folds" / f"{name}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MerError(f"{path}: unreadable fold record ({exc}); delete it to train fold {name} again") from None
+    if record.get("run") != run_digest(run_config) or record.get("fold") != name:
+        raise MerError(f"{path}: a fold record of another run; pass --overwrite to start the run again")
+    return fold_from_record(record)
+
+
+def _run_jobs(jobs: list[FoldJob], workers: int, save: Callable[[FoldResult], None], log) -> list[FoldResult]:
+    """Each fold is saved the moment it finishes, so a kill loses only the folds in progress."""
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for job in jobs:
+            results.append(train_one_fold(job, log))
+            save(results[-1])
+        return results
+    return _run_on_dask(jobs, workers, save, log)
+
+
+def _run_on_dask(jobs: list[FoldJob], workers: int, save: Callable[[FoldResult], None], log) -> list[FoldResult]:
+    from dask.distributed import Client, LocalCluster, as_completed
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster) as client:
         futures = [client.submit(train_one_fold, job, None, pure=False) for job in jobs]
         results = []
-        for job, future in zip(jobs, futures):
+        for future in as_completed(futures):
             result = future.result()
+            save(result)
             log(f"[{result.fold}] done: best epoch {result.best_epoch + 1}, test "
                 + " ".join(f"{k}={v:.4f}" for k, v in result.test.items() if isinstance(v, float)))
             results.append(result)
