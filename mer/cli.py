@@ -201,8 +201,7 @@ def cache_ls(root, as_json) -> None:
     fc = FeatureCache(root)
     rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
              "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
-             "granularity": f.spec.granularity, "bytes": _size(f.directory),
-             "ignored_spec_keys": list(f.spec.ignored_keys)}
+             "granularity": f.spec.granularity, "bytes": _size(f.directory)}
             for corpus in fc.corpora() for f in fc.features(corpus)]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -211,9 +210,7 @@ def cache_ls(root, as_json) -> None:
         click.echo(f"{root}: empty cache")
     for r in rows:
         click.echo(f"{r['corpus']:<16} {r['feature']:<28} {r['config_hash']}  {r['utterances']:>7} utt  "
-                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB"
-                   + (f"  (spec keys from a newer mer ignored: {', '.join(r['ignored_spec_keys'])})"
-                      if r["ignored_spec_keys"] else ""))
+                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB")
 
 
 def _size(directory: Path) -> int:
@@ -245,8 +242,6 @@ def cache_info(root, corpus, feature, as_json) -> None:
         click.echo(f"  {item['utterances']} utterances in {item['shards']} shards; {len(item['failures'])} failed")
         for utt_id, reason in list(item["failures"].items())[:10]:
             click.echo(f"    failed {utt_id}: {reason}")
-        if item["ignored_spec_keys"]:
-            click.echo(f"  spec keys from a newer mer ignored: {', '.join(item['ignored_spec_keys'])}")
 
 
 def _info_dict(fc, info) -> dict:
@@ -259,7 +254,7 @@ def _info_dict(fc, info) -> dict:
             "dims": list(spec.row_shape), "layers": spec.config.get("layers"),
             "utterances": info.num_utterances, "corpus_utterances": corpus_size, "shards": info.num_shards,
             "bytes": _size(info.directory), "package_version": manifest["package_version"],
-            "failures": manifest["failures"], "ignored_spec_keys": list(spec.ignored_keys)}
+            "failures": manifest["failures"]}
 
 
 @cache.command("verify")
@@ -268,13 +263,11 @@ def _info_dict(fc, info) -> dict:
 @click.option("--feature")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--strict", is_flag=True, help="Count recorded extraction failures as problems too.")
-@click.option("--repair", is_flag=True, help="Drop damaged shards and records, rebuild the manifest; the next "
-              "`mer extract` recomputes what was dropped.")
-def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
-    """Recompute checksums; check records, links, coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
+def cache_verify(root, corpus, feature, as_json, strict) -> None:
+    """Recompute checksums; check coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
     from mer.cache.verify import verify_cache
 
-    reports = verify_cache(root, corpus, feature, repair)
+    reports = verify_cache(root, corpus, feature)
     bad = [r for r in reports if not r.ok or (strict and r.failed)]
     if as_json:
         click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))
@@ -283,8 +276,8 @@ def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
             state = "ok" if r.ok else "PROBLEMS"
             click.echo(f"{r.corpus}/{r.feature}@{r.config_hash}: {state}  stored {r.stored}, failed {r.failed}, "
                        f"missing {r.missing}, dims {r.dims}")
-            for line in [*r.problems, *r.dropped, *r.notes]:
-                click.echo(f"  {line}")
+            for problem in r.problems:
+                click.echo(f"  {problem}")
     sys.exit(1 if bad else 0)
 
 
@@ -294,14 +287,22 @@ def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
 @click.argument("feature", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def cache_rm(root, corpus, feature, yes) -> None:
-    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus: only what `cache ls`
-    lists, and never while a running `mer extract` holds a claim in it."""
-    from mer.cache.remove import removal_target, remove
+    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus."""
+    from mer.cache.locks import lock
+    from mer.cache.reader import FeatureCache
 
-    target = removal_target(root, corpus, feature)
+    fc = FeatureCache(root)
+    target = fc.find(corpus, feature).directory if feature else Path(root) / corpus
+    if not target.is_dir():
+        raise MerError(f"{target}: not in the cache; see `mer cache ls {root}`")
     if not yes:
         click.confirm(f"remove {target}?", abort=True)
-    click.echo(f"removed {remove(root, corpus, feature)}")
+    for directory in [target] if feature else [p for p in target.iterdir() if p.is_dir()]:
+        with lock(directory / ".lock", timeout=30):  # never under a running writer's feet
+            shutil.rmtree(directory)
+    if not feature:
+        shutil.rmtree(target)
+    click.echo(f"removed {target}")
 
 
 @cli.group("list")
