@@ -201,7 +201,8 @@ def cache_ls(root, as_json) -> None:
     fc = FeatureCache(root)
     rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
              "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
-             "granularity": f.spec.granularity, "bytes": _size(f.directory)}
+             "granularity": f.spec.granularity, "bytes": _size(f.directory),
+             "ignored_spec_keys": list(f.spec.ignored_keys)}
             for corpus in fc.corpora() for f in fc.features(corpus)]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -210,7 +211,9 @@ def cache_ls(root, as_json) -> None:
         click.echo(f"{root}: empty cache")
     for r in rows:
         click.echo(f"{r['corpus']:<16} {r['feature']:<28} {r['config_hash']}  {r['utterances']:>7} utt  "
-                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB")
+                   f"{r['failures']:>4} failed  dims {r['dims']}  {r['bytes'] / 1e6:.1f} MB"
+                   + (f"  (spec keys from a newer mer ignored: {', '.join(r['ignored_spec_keys'])})"
+                      if r["ignored_spec_keys"] else ""))
 
 
 def _size(directory: Path) -> int:
@@ -242,6 +245,8 @@ def cache_info(root, corpus, feature, as_json) -> None:
         click.echo(f"  {item['utterances']} utterances in {item['shards']} shards; {len(item['failures'])} failed")
         for utt_id, reason in list(item["failures"].items())[:10]:
             click.echo(f"    failed {utt_id}: {reason}")
+        if item["ignored_spec_keys"]:
+            click.echo(f"  spec keys from a newer mer ignored: {', '.join(item['ignored_spec_keys'])}")
 
 
 def _info_dict(fc, info) -> dict:
@@ -254,7 +259,7 @@ def _info_dict(fc, info) -> dict:
             "dims": list(spec.row_shape), "layers": spec.config.get("layers"),
             "utterances": info.num_utterances, "corpus_utterances": corpus_size, "shards": info.num_shards,
             "bytes": _size(info.directory), "package_version": manifest["package_version"],
-            "failures": manifest["failures"]}
+            "failures": manifest["failures"], "ignored_spec_keys": list(spec.ignored_keys)}
 
 
 @cache.command("verify")
@@ -263,11 +268,13 @@ def _info_dict(fc, info) -> dict:
 @click.option("--feature")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--strict", is_flag=True, help="Count recorded extraction failures as problems too.")
-def cache_verify(root, corpus, feature, as_json, strict) -> None:
-    """Recompute checksums; check coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
+@click.option("--repair", is_flag=True, help="Drop damaged shards and records, rebuild the manifest; the next "
+              "`mer extract` recomputes what was dropped.")
+def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
+    """Recompute checksums; check records, links, coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
     from mer.cache.verify import verify_cache
 
-    reports = verify_cache(root, corpus, feature)
+    reports = verify_cache(root, corpus, feature, repair)
     bad = [r for r in reports if not r.ok or (strict and r.failed)]
     if as_json:
         click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))
@@ -276,8 +283,8 @@ def cache_verify(root, corpus, feature, as_json, strict) -> None:
             state = "ok" if r.ok else "PROBLEMS"
             click.echo(f"{r.corpus}/{r.feature}@{r.config_hash}: {state}  stored {r.stored}, failed {r.failed}, "
                        f"missing {r.missing}, dims {r.dims}")
-            for problem in r.problems:
-                click.echo(f"  {problem}")
+            for line in [*r.problems, *r.dropped, *r.notes]:
+                click.echo(f"  {line}")
     sys.exit(1 if bad else 0)
 
 

@@ -83,8 +83,8 @@ def _gather_extras(extras: list[dict]) -> dict[str, list[np.ndarray]]:
 def verify_repair_command(feature_dir: Path) -> str:
     """`mer cache verify ... --repair` for exactly this feature, quoted to paste into a shell."""
     feature_dir = Path(feature_dir)
-    root, corpus, feature = (shlex.quote(str(p)) for p in (feature_dir.parent.parent, feature_dir.parent.name,
-                                                            feature_dir.name))
+    root, corpus, feature = (shlex.quote(str(p)) for p in (os.path.abspath(feature_dir.parent.parent),
+                                                            feature_dir.parent.name, feature_dir.name))
     return f"mer cache verify {root} --corpus {corpus} --feature {feature} --repair"
 
 
