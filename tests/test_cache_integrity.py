@@ -218,10 +218,19 @@ def test_a_dropped_index_reused_by_another_writer_is_not_read_from_a_stale_memo(
 
 # ---- item 4: corrupt records and manifests --------------------------------------------------------------
 
-def test_a_corrupt_record_is_named_reported_and_repaired(tmp_path):
+def _truncated(text: str) -> str:
+    return text[:40]
+
+
+def _pointing_elsewhere(text: str) -> str:
+    return json.dumps({**json.loads(text), "file": "../../../etc/elsewhere.h5"})
+
+
+@pytest.mark.parametrize("corrupt", [_truncated, _pointing_elsewhere])
+def test_a_corrupt_record_is_named_reported_and_repaired(tmp_path, corrupt):
     writer = write_all(tmp_path, toy_spec(), TOY_IDS[:16])
     record = writer.dir / "shard-00001.json"
-    record.write_text(record.read_text()[:40])
+    record.write_text(corrupt(record.read_text()))
     fix = f"`mer cache verify {tmp_path} --corpus toy --feature {writer.dir.name} --repair`"
     with pytest.raises(CacheError) as error:
         write_all(tmp_path, toy_spec(), TOY_IDS[:16])
@@ -288,7 +297,9 @@ def test_extract_rerun_after_damage_restores_every_utterance_once(tmp_path, demo
     before = demo_values(cache)
     (feature_dir,) = (cache / CORPUS).glob("mfcc40@*")
     shard = feature_dir / "shard-00001.h5"
-    {"flip": flip_data_byte, "truncate": lambda p: p.write_bytes(p.read_bytes()[:4096]), "delete": Path.unlink}[damage](shard)
+    damaging = {"flip": flip_data_byte, "truncate": lambda p: p.write_bytes(p.read_bytes()[:4096]),
+                "delete": Path.unlink}
+    damaging[damage](shard)
     failed = mer("cache", "verify", cache, check=1)
     (problem,) = [line for line in failed.stdout.splitlines() if str(shard) in line]
     if damage == "flip":  # same size: only the sha256 notices, so the suggested repair is needed

@@ -40,10 +40,12 @@ class ShardRecord:
             known = {f.name for f in fields(cls)}
             record = cls(**{k: v for k, v in data.items() if k in known})  # keys of a newer version: ignored
         except (ValueError, TypeError, AttributeError) as exc:
-            raise CacheError(f"{path}: corrupt commit record ({_one_line(exc)}); {repair_command(path.parent)}") from exc
-        if record.file not in (None, f"{path.stem}.h5") or not isinstance(record.ids, list):
-            raise CacheError(f"{path}: corrupt commit record (it names file {record.file!r}); "
-                             f"{repair_command(path.parent)}")
+            raise CacheError(f"{path}: corrupt commit record ({_one_line(exc)}); "
+                             f"{repair_command(path.parent)}") from exc
+        wrong = (f"it names file {record.file!r}" if record.file not in (None, f"{path.stem}.h5")
+                 else None if isinstance(record.ids, list) else "its ids are not a list")
+        if wrong:  # a record names only its own shard: never a path elsewhere
+            raise CacheError(f"{path}: corrupt commit record ({wrong}); {repair_command(path.parent)}")
         return record
 
 
