@@ -255,6 +255,20 @@ def test_a_corrupt_manifest_is_rebuilt_by_repair(tmp_path):
     assert_whole(tmp_path)
 
 
+def test_a_manifest_that_disagrees_with_the_records_is_rebuilt_by_repair(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), TOY_IDS[:16])
+    manifest = json.loads((writer.dir / "manifest.json").read_text())
+    del manifest["shards"][1]  # readers find shards through the manifest: 8 utterances would be invisible
+    (writer.dir / "manifest.json").write_text(json.dumps(manifest))
+    (report,) = verify_cache(tmp_path)
+    assert report.problems == [f"{writer.dir / 'manifest.json'}: disagrees with the shard records; run `mer cache "
+                               f"verify {tmp_path} --corpus toy --feature {writer.dir.name} --repair` (it rebuilds "
+                               "the manifest from them)"]
+    (repaired,) = verify_cache(tmp_path, repair=True)
+    assert repaired.ok and repaired.dropped == []
+    assert_whole(tmp_path)
+
+
 # ---- item 5: a spec from a newer mer ------------------------------------------------------------------
 
 def test_ls_info_verify_read_a_cache_written_by_a_newer_version(tmp_path):

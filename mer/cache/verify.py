@@ -9,6 +9,7 @@ recomputes the dropped utterances."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from mer.cache.locks import lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, read_manifest, stored_and_failed,
                                 write_manifest)
 from mer.cache.reader import FeatureCache
-from mer.cache.shard import ShardReader, repair_command
+from mer.cache.shard import ShardReader, repair_command, verify_repair_command
 from mer.cache.spec import FeatureSpec
 from mer.data.utterance import read_utterances
 from mer.errors import CacheError
@@ -60,7 +61,7 @@ def verify_cache(root: Path, corpus: Optional[str] = None, feature: Optional[str
     root = Path(root)
     corpora = [corpus] if corpus else FeatureCache(root).corpora()
     if not corpora:
-        raise CacheError(f"{root}: no corpora in this cache; check the path or run `mer extract`")
+        raise CacheError(f"{root}: no corpora in this cache; check the path (mer extract --cache fills a cache)")
     reports = []
     for name in corpora:
         expected = _corpus_ids(root / name)
@@ -178,8 +179,8 @@ def _check_manifest(directory: Path, corpus: str, spec: FeatureSpec, records: li
         return
     wanted = build_manifest(directory, corpus, spec, records)
     if manifest["shards"] != wanted["shards"] or manifest["failures"] != wanted["failures"]:
-        report.problems.append(f"{directory / 'manifest.json'}: disagrees with the shard records; "
-                               f"{repair_command(directory)}")
+        report.problems.append(f"{directory / 'manifest.json'}: disagrees with the shard records; run "
+                               f"`{verify_repair_command(directory)}` (it rebuilds the manifest from them)")
         report.stale_manifest = True
 
 
@@ -234,8 +235,8 @@ def _row_checker(spec: FeatureSpec, report: FeatureReport) -> RowCheck:
 def _check_duplicates(directory: Path, seen: Counter, report: FeatureReport) -> None:
     for utt_id, n in seen.items():
         if n > 1:
-            root, corpus, feature = (shlex.quote(str(p)) for p in (directory.parent.parent, directory.parent.name,
-                                                                    directory.name))
+            root, corpus, feature = (shlex.quote(str(p)) for p in (os.path.abspath(directory.parent.parent),
+                                                                    directory.parent.name, directory.name))
             report.problems.append(f"{directory}: {utt_id} is stored {n} times; run `mer cache rm {root} {corpus} "
                                    f"{feature} --yes`, then the same `mer extract` again")
 
