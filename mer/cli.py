@@ -294,22 +294,14 @@ def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
 @click.argument("feature", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def cache_rm(root, corpus, feature, yes) -> None:
-    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus."""
-    from mer.cache.locks import lock
-    from mer.cache.reader import FeatureCache
+    """Remove one feature (FEATURE or FEATURE@HASH) of a corpus, or the whole corpus: only what `cache ls`
+    lists, and never while a running `mer extract` holds a claim in it."""
+    from mer.cache.remove import removal_target, remove
 
-    fc = FeatureCache(root)
-    target = fc.find(corpus, feature).directory if feature else Path(root) / corpus
-    if not target.is_dir():
-        raise MerError(f"{target}: not in the cache; see `mer cache ls {root}`")
+    target = removal_target(root, corpus, feature)
     if not yes:
         click.confirm(f"remove {target}?", abort=True)
-    for directory in [target] if feature else [p for p in target.iterdir() if p.is_dir()]:
-        with lock(directory / ".lock", timeout=30):  # never under a running writer's feet
-            shutil.rmtree(directory)
-    if not feature:
-        shutil.rmtree(target)
-    click.echo(f"removed {target}")
+    click.echo(f"removed {remove(root, corpus, feature)}")
 
 
 @cli.group("list")

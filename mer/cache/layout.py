@@ -7,12 +7,43 @@ import os
 import re
 from pathlib import Path
 
+from mer.cache.locks import READ_ONLY_ERRNOS, ReadOnlyCache
 from mer.cache.spec import FeatureSpec
+from mer.errors import CacheError
 
 CORPUS_MANIFEST = "utterances.jsonl"
 SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
+
+
+def is_plain_name(name: str) -> bool:
+    """One visible path segment: nothing that climbs (`..`), hides (`.x`), nests (`/`, `\\`) or breaks a line."""
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name \
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def check_corpus_name(name: str, cache_root: Path) -> str:
+    """A corpus name becomes a folder of the cache: refuse one that would land anywhere else."""
+    if not is_plain_name(name):
+        raise CacheError(f"{cache_root}: corpus name {name!r} is not a plain folder name (no leading '.', "
+                         "no '/', '\\' or control characters); pass --set corpus.name=NAME")
+    return name
+
+
+def make_cache_folder(path: Path) -> Path:
+    """mkdir -p, with one line instead of a traceback when a part of the path is a file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        raise CacheError(f"{blocker}: is a file, not a folder; pass --cache a folder path") from None
+    except OSError as exc:
+        if exc.errno not in READ_ONLY_ERRNOS:
+            raise
+        raise ReadOnlyCache(f"{path}: cannot create it ({exc.strerror}); pass --cache a writable folder") from None
+    return path
 
 
 def feature_dir_name(spec: FeatureSpec) -> str:

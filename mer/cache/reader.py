@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from mer.cache.corpus import extract_command
 from mer.cache.layout import CORPUS_MANIFEST, MANIFEST_FILE, SPEC_FILE
 from mer.cache.manifest import read_manifest
 from mer.cache.shard import ShardReader
@@ -50,7 +51,8 @@ class FeatureCache:
     def utterances(self, corpus: str) -> list[Utterance]:
         path = self.root / corpus / CORPUS_MANIFEST
         if not path.is_file():
-            raise CacheError(f"{path}: no corpus manifest; run `mer extract --dataset {corpus} --cache {self.root}`")
+            raise CacheError(f"{path}: no corpus manifest; run {extract_command(self.root, corpus, 'FEATURE')} "
+                             "with any FEATURE of `mer list extractors`")
         return read_utterances(path)
 
     def features(self, corpus: str) -> list[FeatureInfo]:
@@ -70,7 +72,7 @@ class FeatureCache:
             matches = [f for f in matches if f.config_hash.startswith(config_hash)]
         if not matches:
             raise CacheError(f"{self.root / corpus}: feature {feature!r} is not in the cache; run "
-                             f"`mer extract --dataset {corpus} --features {name} --cache {self.root}`")
+                             f"{extract_command(self.root, corpus, name)}")
         if len(matches) > 1:
             options = ", ".join(f"{f.name}@{f.config_hash}" for f in matches)
             raise CacheError(f"{self.root / corpus}: {feature!r} exists in several configs ({options}); name one as FEATURE@HASH")

@@ -13,6 +13,7 @@ killed at any moment leaves no partial shard and no utterance stored twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,8 +25,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from mer.cache.layout import LOCK_FILE, SPEC_FILE, atomic_write_json, feature_dir_name, shard_name
-from mer.cache.locks import HeldLock, is_held_here, lock, try_lock
+from mer.cache.layout import (LOCK_FILE, SPEC_FILE, atomic_write_json, check_corpus_name, feature_dir_name,
+                              make_cache_folder, shard_name)
+from mer.cache.locks import READ_ONLY_ERRNOS, FolderRemoved, HeldLock, ReadOnlyCache, is_held_here, lock, try_lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, next_free_index, read_shard_records,
                                 stored_and_failed, write_manifest)
 from mer.cache.shard import to_storage, write_shard
@@ -63,11 +65,18 @@ class FeatureWriter:
         self.corpus = corpus
         self.spec = spec
         self.compression = compression
+        check_corpus_name(corpus, cache_root)
         self.dir = Path(cache_root) / corpus / feature_dir_name(spec)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.dir / LOCK_FILE
         self._records_memo: dict[str, ShardRecord] = {}
-        self._ensure_spec()
+        try:
+            make_cache_folder(self.dir)
+            self._ensure_spec()
+        except OSError as exc:
+            if exc.errno not in READ_ONLY_ERRNOS:
+                raise
+            raise CacheError(f"{self.dir}: cannot write here ({exc.strerror}) and the cache does not hold "
+                             f"{spec.name}; pass --cache a writable folder") from None
 
     def _ensure_spec(self) -> None:
         path = self.dir / SPEC_FILE
@@ -133,8 +142,14 @@ class FeatureWriter:
 
     # ---- claim, commit, release ----------------------------------------------------------
     def claim(self, ids: list[str], retry_failed: bool = False) -> Optional[Claim]:
-        """Claim the pending subset of `ids` as one new shard; None when nothing is pending."""
-        with lock(self._lock_path):
+        """Claim the pending subset of `ids` as one new shard; None when nothing is pending (also
+        on a read-only cache, where anything pending is an error)."""
+        try:
+            held = self._lock()
+        except ReadOnlyCache as exc:
+            self._check_nothing_pending(ids, retry_failed, exc)
+            return None
+        with held, self._removed_meanwhile():
             state = self.state()
             todo = [i for i in ids if i not in state.stored and i not in state.claimed
                     and (retry_failed or i not in state.failed)]
@@ -143,6 +158,8 @@ class FeatureWriter:
             index = next_free_index(self.dir)
             claim_path = self.dir / f"{shard_name(index)}.claim"
             held = try_lock(claim_path)
+            if held is None and str(claim_path) in _own_claims:  # our own claim vanished: the folder is going
+                raise feature_removed(self.dir)
             if held is None:
                 raise CacheError(f"{claim_path}: could not lock a new claim file; the filesystem does not support locks")
             held.write(json.dumps({"ids": todo, "host": socket.gethostname(), "pid": os.getpid(),
@@ -160,7 +177,7 @@ class FeatureWriter:
         unknown = set(failures) - set(claim.ids)
         if unknown:
             raise CacheError(f"{claim.name}: failures for ids outside the claim: {sorted(unknown)[:3]}")
-        with lock(self._lock_path):
+        with self._lock(), self._removed_meanwhile():
             ids, rows, size, sha = [], 0, 0, None
             final = None
             if temp_path is not None:
@@ -178,8 +195,14 @@ class FeatureWriter:
         return record
 
     def release(self, claim: Claim) -> None:
-        """Give a claim back uncommitted (an interrupted run): its ids become pending again."""
-        with lock(self._lock_path):
+        """Give a claim back uncommitted (an interrupted run): its ids become pending again.
+        In a removed feature folder there is nothing left to give back but the lock."""
+        try:
+            held = self._lock()
+        except FolderRemoved:
+            self._drop_claim(claim)
+            return
+        with held:
             for tmp in self.dir.glob(f"{claim.name}.h5.tmp-*"):
                 tmp.unlink(missing_ok=True)
             self._drop_claim(claim)
@@ -195,9 +218,43 @@ class FeatureWriter:
         write_manifest(self.dir, build_manifest(self.dir, self.corpus, self.spec, records))
 
     def refresh_manifest(self) -> None:
-        with lock(self._lock_path):
+        """Reap dead claims and rebuild the manifest; nothing to do in a removed or read-only folder."""
+        try:
+            held = self._lock()
+        except (FolderRemoved, ReadOnlyCache):
+            return
+        with held, contextlib.suppress(FolderRemoved), self._removed_meanwhile():
             self.state()  # reaps dead claims
             self._write_manifest()
+
+    def _lock(self) -> HeldLock:
+        """The feature's `.lock`, in a folder that still exists (it is never recreated: `mer cache rm`
+        may have removed it, or renamed it away while this process waited)."""
+        try:
+            held = lock(self._lock_path)
+        except FolderRemoved:
+            raise feature_removed(self.dir) from None
+        if not self.dir.is_dir():
+            held.release()
+            raise feature_removed(self.dir)
+        return held
+
+    @contextlib.contextmanager
+    def _removed_meanwhile(self):
+        """A file vanishing under the lock means the folder went (removed by other means than `cache rm`)."""
+        try:
+            yield
+        except OSError:
+            if not self.dir.is_dir():
+                raise feature_removed(self.dir) from None
+            raise
+
+    def _check_nothing_pending(self, ids: list[str], retry_failed: bool, read_only: ReadOnlyCache) -> None:
+        stored, failed = stored_and_failed(read_shard_records(self.dir, self._records_memo))
+        todo = [i for i in ids if i not in stored and (retry_failed or i not in failed)]
+        if todo:
+            raise ReadOnlyCache(f"{self.dir}: cannot write here, and some utterances (e.g. {todo[0]}) still need "
+                                f"{self.spec.name}; pass --cache a writable folder") from read_only
 
 
 def write_temp_shard(feature_dir: Path, index: int, spec: FeatureSpec, claim_ids: list[str],
@@ -210,8 +267,18 @@ def write_temp_shard(feature_dir: Path, index: int, spec: FeatureSpec, claim_ids
         return None
     path = Path(feature_dir) / f"{shard_name(index)}.h5.tmp-{uuid.uuid4().hex[:8]}"
     stored = [to_storage(arrays[i], spec, i) for i in ids]
-    write_shard(path, spec, ids, stored, [extras[i] for i in ids] if extras else None, compression)
+    try:
+        write_shard(path, spec, ids, stored, [extras[i] for i in ids] if extras else None, compression)
+    except OSError:
+        if not Path(feature_dir).is_dir():
+            raise feature_removed(feature_dir) from None
+        raise
     return path
+
+
+def feature_removed(feature_dir: Path) -> FolderRemoved:
+    return FolderRemoved(f"{feature_dir}: feature folder removed (by `mer cache rm`?) while this run wrote it; "
+                         "run the same `mer extract` again to recompute it")
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -90,7 +90,8 @@ class Corpus:
 
 
 def write_utterances(path: Path, utterances: Iterable[Utterance]) -> None:
-    """Merge records into a JSONL corpus manifest (new records replace old ones by id), atomically."""
+    """Merge records into a JSONL file (new records replace old ones by id), atomically but without a lock:
+    a cache's corpus manifest is merged by mer.cache.corpus.merge_corpus_manifest, which locks and checks."""
     path = Path(path)
     merged: dict[str, Utterance] = {u.id: u for u in read_utterances(path)} if path.exists() else {}
     for utt in utterances:

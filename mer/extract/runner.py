@@ -22,12 +22,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mer.cache.corpus import corpus_source, merge_corpus_manifest
 from mer.cache.layout import CORPUS_MANIFEST
+from mer.cache.locks import FolderRemoved
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
 from mer.data.audio import SAMPLE_RATE
 from mer.data.corpora import prepare
 from mer.data.decoding import DecodePool, decode_utterances
-from mer.data.utterance import Corpus, Utterance, write_utterances
+from mer.data.utterance import Corpus, Utterance
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
 
@@ -296,7 +298,11 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     if not corpus.utterances:
         raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")
     specs = [_extractor_memo[job].spec for job in jobs]
-    write_utterances(Path(config.cache) / corpus.name / CORPUS_MANIFEST, corpus.utterances)
+    updated = merge_corpus_manifest(config.cache, corpus.name, corpus.utterances,
+                                    corpus_source(config.dataset, config.root, config.corpus_options))
+    if updated:  # the same utterances read with other labels (IEMOCAP 4class, then 7class)
+        print(f"{Path(config.cache) / corpus.name / CORPUS_MANIFEST}: updated the annotations of {updated} "
+              "utterances", file=sys.stderr)
     writers = [FeatureWriter(config.cache, corpus.name, spec, config.compression) for spec in specs]
     summaries, total = _initial_summaries(writers, corpus, config)
     utterances = _with_context(corpus.utterances, max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs))
@@ -471,15 +477,25 @@ class _Run:
         return [PartResult(p.feature, p.claim_index, None, 0, {i: reason for i in p.ids}) for p in task.parts]
 
     def _commit(self, task: Task, results: list[PartResult]) -> None:
+        """Commit every feature's shard of the task; a feature folder removed meanwhile (`mer cache rm`)
+        stops the run, after the other features' shards are committed."""
+        removed = None
         for result in results:
             claim = self.claims.pop((result.feature, result.claim_index))
-            self.writers[result.feature].commit(claim, result.temp_path, result.failures)
+            try:
+                self.writers[result.feature].commit(claim, result.temp_path, result.failures)
+            except FolderRemoved as exc:
+                self.writers[result.feature].release(claim)
+                removed = removed or exc
+                continue
             summary = self.summaries[result.feature]
             summary.done += result.stored
             summary.failed.update(result.failures)
             if result.failures and self.config.strict and not self.stopped:
                 utt_id, reason = next(iter(result.failures.items()))
                 self.stopped = f"--strict: {utt_id}: {reason}"
+        if removed is not None:
+            raise removed
 
     def close(self) -> None:
         self.progress.close()

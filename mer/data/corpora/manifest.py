@@ -25,7 +25,7 @@ NAME = "manifest"
 REQUIRED = ("id", "audio", "text", "label")
 OPTIONAL = ("split", "fold", "speaker", "dialogue", "turn", "start", "end")
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # no leading '.': not '..', not hidden
 
 
 @CORPORA.register(NAME)
@@ -55,7 +55,7 @@ def _corpus_name(name: str, path: Path) -> str:
     # The name becomes a cache folder and an id prefix: keep it to one plain path segment.
     if not _SAFE_NAME.match(name):
         raise CorpusError(f"{NAME}: corpus name {name!r} (from {path.name}) may hold only letters, digits, '.', '_' "
-                          "and '-'; pass name=NAME")
+                          "and '-', and may not start with '.'; pass --set corpus.name=NAME")
     return name
 
 
