@@ -85,7 +85,7 @@ def test_two_configs_never_collide_and_lookup_by_hash(tmp_path):
 
 def test_missing_feature_error_names_the_extract_command(tmp_path):
     write_all(tmp_path, toy_spec(), TOY_IDS[:2])
-    with pytest.raises(CacheError, match="mer extract --dataset toy --features mfcc40"):
+    with pytest.raises(CacheError, match="mer extract --dataset READER --root CORPUS_ROOT --features mfcc40 --cache "):
         FeatureCache(tmp_path).open("toy", "mfcc40")
 
 
