@@ -31,8 +31,7 @@ from mer.extract.base import Extractor, ExtractItem, FeatureSpec, rebuild_extrac
 from mer.extract.spectral import SpectralExtractor
 from mer.fuse.data import IGNORE_LABEL, FusionCollate, NormStats
 from mer.fuse.models import MODELS, build_model
-from mer.fuse.run import fuse_command, run_digest
-from mer.hashing import sha256_file
+from mer.fuse.run import changed_fold_file, fuse_command, read_fold_record, run_digest
 
 MARGIN_SECONDS = 1.0  # beyond the last frame kept: covers every window and delta reach at its edge
 
@@ -53,7 +52,7 @@ def complete_folds(run_dir: Path, run: dict) -> dict[str, dict]:
     config_path = run_dir / "config.json"
     records = {}
     for path in sorted((run_dir / "folds").glob("*.json")):
-        record = json.loads(path.read_text())
+        record = read_fold_record(path)
         fold = record.get("fold")
         if record.get("run") != run_digest(run) or fold not in run.get("folds", []):
             raise MerError(f"{path}: a fold of another run than {config_path} records; "
@@ -61,11 +60,10 @@ def complete_folds(run_dir: Path, run: dict) -> dict[str, dict]:
         if record.get("labels") != run["labels"]:
             raise MerError(f"{path}: labels {record.get('labels')} differ from {run['labels']} in {config_path}; "
                            f"the folder mixes two runs: train it again: {fuse_command(run, run_dir, overwrite=True)}")
-        for kind, file in (("checkpoint", run_dir / "checkpoints" / f"{fold}.safetensors"),
-                           ("norm", run_dir / "norm" / f"{fold}.npz")):
-            if not file.is_file() or sha256_file(file) != record.get(f"{kind}_sha256"):
-                raise MerError(f"{file}: {'missing' if not file.is_file() else 'changed'} since fold {fold} finished "
-                               f"(see {path}); train the run again: {fuse_command(run, run_dir, overwrite=True)}")
+        changed = changed_fold_file(run_dir, record)
+        if changed:
+            raise MerError(f"{changed}: {'missing' if not changed.is_file() else 'changed'} since fold {fold} finished "
+                           f"(see {path}); train the run again: {fuse_command(run, run_dir, overwrite=True)}")
         records[fold] = record
     if not records:
         raise MerError(f"{run_dir}: no fold of this run is complete (no folds/<fold>.json); resume the run: "

@@ -311,13 +311,17 @@ def test_bad_setting_through_the_installed_command_is_one_line_exit_2(cache, tmp
 
 
 def nan_losses(monkeypatch, nan_calls):
-    """evaluate() reports a NaN dev loss on the given calls (0-based; one call per epoch)."""
+    """evaluate() reports a NaN dev loss on the given calls (0-based; one call per epoch), with
+    predictions that would score perfectly: tempting to take as the best epoch."""
     evaluate, calls = trainer.evaluate, []
 
     def patched(*args, **kwargs):
         loss, predictions = evaluate(*args, **kwargs)
         calls.append(len(calls))
-        return (math.nan if calls[-1] in nan_calls else loss), predictions
+        if calls[-1] not in nan_calls:
+            return loss, predictions
+        perfect = np.eye(predictions.outputs.shape[1], dtype=np.float32)[predictions.targets]
+        return math.nan, trainer.Predictions(predictions.ids, predictions.targets, perfect)
 
     monkeypatch.setattr(trainer, "evaluate", patched)
 
@@ -335,5 +339,18 @@ def test_a_nan_epoch_never_becomes_the_best(cache, tmp_path, monkeypatch):
     result = mer(*fuse_args(cache, tmp_path / "run", "--set", "max_epochs=3", "--set", "monitor=accuracy"))
     assert result.exception is None, result.output
     history = json.loads((tmp_path / "run" / "history.json").read_text())["split"]
-    assert math.isnan(history[1]["dev"]["loss"]) and set(history[1]["dev"]) == {"loss"}
+    assert math.isnan(history[1]["dev"]["loss"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"][0]["best_epoch"] != 1
+
+
+def test_resume_refuses_a_finished_fold_whose_checkpoint_is_gone_and_the_rm_retrains_it(cache, tmp_path):
+    out = tmp_path / "run"
+    args = fuse_args(cache, out, "--set", "max_epochs=1")
+    assert mer(*args).exception is None
+    (out / "checkpoints" / "split.safetensors").unlink()
+    assert error_of(mer(*args)) == (f"{out}/checkpoints/split.safetensors: missing or changed since fold split "
+                                    f"finished; to train fold split again: rm {out}/folds/split.json")
+    (out / "folds" / "split.json").unlink()
+    again = mer(*args)
+    assert again.exception is None and "[split] epoch 1/1" in again.output
+    assert (out / "checkpoints" / "split.safetensors").is_file()

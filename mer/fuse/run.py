@@ -277,13 +277,31 @@ def _save_fold(run_dir: Path, result: FoldResult, run_config: dict) -> None:
 
 def _load_fold(run_dir: Path, name: str, run_config: dict) -> FoldResult:
     path = run_dir / "folds" / f"{name}.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MerError(f"{path}: unreadable fold record ({exc}); delete it to train fold {name} again") from None
+    record = read_fold_record(path)
     if record.get("run") != run_digest(run_config) or record.get("fold") != name:
         raise MerError(f"{path}: a fold record of another run; pass --overwrite to start the run again")
+    changed = changed_fold_file(run_dir, record)
+    if changed:
+        raise MerError(f"{changed}: missing or changed since fold {name} finished; to train fold {name} again: "
+                       f"rm {shlex.quote(str(path))}")
     return fold_from_record(record)
+
+
+def read_fold_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MerError(f"{path}: unreadable fold record ({exc}); to train that fold again: "
+                       f"rm {shlex.quote(str(path))}") from None
+
+
+def changed_fold_file(run_dir: Path, record: dict) -> Optional[Path]:
+    """The fold's checkpoint or normalisation file when missing or not the one its record names."""
+    for kind, file in (("checkpoint", run_dir / "checkpoints" / f"{record['fold']}.safetensors"),
+                       ("norm", run_dir / "norm" / f"{record['fold']}.npz")):
+        if not file.is_file() or sha256_file(file) != record.get(f"{kind}_sha256"):
+            return file
+    return None
 
 
 def _run_jobs(jobs: list[FoldJob], workers: int, save: Callable[[FoldResult], None], log) -> list[FoldResult]:
