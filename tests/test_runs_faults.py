@@ -170,8 +170,8 @@ def test_with_workers_each_fold_is_saved_as_it_finishes(cache, tmp_path):
     failed = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tmp_path)})
     assert failed.returncode != 0 and "Ses02 failed" in failed.stderr
-    assert sorted(p.name for p in (out / "folds").iterdir()) == ["Ses01.json"]
     assert (out / "checkpoints" / "Ses01.safetensors").is_file()
+    assert sorted(p.name for p in (out / "folds").iterdir()) == ["Ses01.json"]
 
 
 # 3. predict: complete, consistent folds only; a transcript when the model reads text; the audio it needs
@@ -307,7 +307,8 @@ def test_bad_setting_through_the_installed_command_is_one_line_exit_2(cache, tmp
     result = subprocess.run([MER, *fuse_args(cache, tmp_path / "run", "--set", "max_epochs=-1")],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == "error: max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=50"
+    assert result.stderr.splitlines()[-1] == \
+        "error: max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=50"
 
 
 def nan_losses(monkeypatch, nan_calls):

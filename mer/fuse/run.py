@@ -121,9 +121,10 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     log(fold_set.summary())
     run_config = _config_document(cfg, config, features, fold_set, folds, cache)
     _claim_run_dir(run_dir, run_config, cfg.overwrite, log)
-    done = {name: _load_fold(run_dir, name, run_config) for name in folds if (run_dir / "folds" / f"{name}.json").is_file()}
+    records = {name: run_dir / "folds" / f"{name}.json" for name in folds}
+    done = {name: _load_fold(run_dir, name, run_config) for name, path in records.items() if path.is_file()}
     for name in done:
-        log(f"[{name}] complete in {run_dir / 'folds' / (name + '.json')}: loaded, not trained again")
+        log(f"[{name}] complete in {records[name]}: loaded, not trained again")
     preload = _small_enough(cache, cfg.corpus, features)
     jobs = [FoldJob(cfg.model, config, cfg.trainer, Path(cfg.cache), cfg.corpus, features, fold_set, name, preload,
                     cfg.loader_workers) for name in folds if name not in done]
