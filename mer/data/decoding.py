@@ -9,11 +9,17 @@ that the processes share. `processes=0` decodes in one background thread of this
 A decoder that crashes its process (a segfault in FFmpeg on a corrupt file) costs only that
 file: the pool is restarted, the piece decoded again, and if it crashes again its files are
 decoded one per process so that the culprit is recorded as a failure and the rest survive.
+
+Ctrl-C: the decoder processes start with SIGINT blocked, so a terminal's Ctrl-C (sent to the
+whole process group) interrupts only this process, which shuts them down; they neither print
+tracebacks nor break the pool (which would read as a crash and record every file as a failure).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -44,7 +50,7 @@ def decode_utterances(utterances: Sequence[Utterance]) -> Decoded:
 
 @dataclass
 class PendingDecode:
-    pieces: list[tuple[list[Utterance], Future]]
+    pieces: list[tuple[list[Utterance], Future, Executor]]  # each piece, its decoding, the pool it went to
 
 
 class DecodePool:
@@ -73,20 +79,25 @@ class DecodePool:
             return PendingDecode([])
         size = self.piece_size if self.processes > 1 else len(utterances)
         pieces = [list(utterances[i:i + size]) for i in range(0, len(utterances), size)]
-        return PendingDecode([(piece, self._submit(piece)) for piece in pieces])
+        return PendingDecode([self._submit(piece) for piece in pieces])
 
     def result(self, pending: PendingDecode) -> Decoded:
         audio, failures = {}, {}
-        for piece, future in pending.pieces:
-            piece_audio, piece_failures = self._piece_result(piece, future)
+        for piece, future, executor in pending.pieces:
+            piece_audio, piece_failures = self._piece_result(piece, future, executor)
             audio.update(piece_audio)
             failures.update(piece_failures)
         return audio, failures
 
-    def _submit(self, piece: list[Utterance]) -> Future:
+    def _submit(self, piece: list[Utterance]) -> tuple[list[Utterance], Future, Executor]:
         if self._executor is None:
             self._executor = self._new_executor()
-        return self._executor.submit(self.decode, piece)
+        try:
+            with _sigint_blocked():  # a submit may start a process, which inherits the blocked signal
+                return piece, self._executor.submit(self.decode, piece), self._executor
+        except BrokenProcessPool:  # a process died on an earlier piece whose result is not read yet
+            self._restart()
+            return self._submit(piece)
 
     def _new_executor(self) -> Executor:
         if self.processes <= 0:
@@ -94,23 +105,28 @@ class DecodePool:
         # spawn, not fork: this process runs torch's and HDF5's threads, which fork does not copy safely
         return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
 
-    def _piece_result(self, piece: list[Utterance], future: Future) -> Decoded:
+    def _piece_result(self, piece: list[Utterance], future: Future, executor: Executor) -> Decoded:
         try:
             return future.result()
         except BrokenProcessPool:  # some process of the pool died: maybe on this piece, maybe another
             pass
-        self._restart()
+        if executor is self._executor:  # else it was replaced already, with the pieces now running there
+            self._restart()
         try:
-            return self._submit(piece).result()
+            return self._await(self._submit(piece))
         except BrokenProcessPool:  # this piece kills decoders: find the file, one per process
             self._restart()
             return self._one_by_one(piece)
+
+    @staticmethod
+    def _await(submitted: tuple[list[Utterance], Future, Executor]) -> Decoded:
+        return submitted[1].result()
 
     def _one_by_one(self, piece: list[Utterance]) -> Decoded:
         audio, failures = {}, {}
         for utt in piece:
             try:
-                utt_audio, utt_failures = self._submit([utt]).result()
+                utt_audio, utt_failures = self._await(self._submit([utt]))
             except BrokenProcessPool:
                 self._restart()
                 utt_audio, utt_failures = {}, {utt.id: f"{utt.audio_path}: {CRASH_REASON}"}
@@ -119,6 +135,22 @@ class DecodePool:
         return audio, failures
 
     def _restart(self) -> None:
+        """A fresh pool; the broken one's futures have all failed, so none is cancelled here."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = self._new_executor()
+            self._executor = None
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread meanwhile: processes started here inherit the blocked signal
+    through exec, and a Ctrl-C that comes meanwhile is not lost (another thread, or this one
+    right after, takes it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -52,6 +52,7 @@ import numpy as np
 
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.interrupts import interrupts_deferred
 
 SAMPLE_RATE = 16000
 SINK_LEVELS = {"functionals": "func", "lld": "lld"}  # our level name -> openSMILE data-memory level
@@ -315,7 +316,7 @@ class OpenSmileExtractor(Extractor):
 
     def _extract_one(self, item: ExtractItem) -> np.ndarray:
         wave = self._prepared_audio(item)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), interrupts_deferred():  # a Ctrl-C inside openSMILE's callback is lost
             warnings.simplefilter("ignore")  # "Segment too short, filling with NaN": checked below
             values = self._smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32)  # (rows, dim)
         if not np.isfinite(values).any():

@@ -32,6 +32,7 @@ from mer.data.decoding import DecodePool, decode_utterances
 from mer.data.utterance import Corpus, Utterance
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
+from mer.extract.interrupts import interrupts_deferred
 
 
 
@@ -418,10 +419,10 @@ class _Run:
                 decoded = DecodedTask(task, *decoder.result(decoding))
                 computed = compute_task(decoded, self.jobs, self.config, self.progress.update)
                 if writing is not None:
-                    self._commit(*writing.result())
+                    self._commit_deferring_interrupts(*writing.result())
                 writing = writer.submit(lambda t=task, c=computed: (t, write_task(c, self.config)))
             if writing is not None:
-                self._commit(*writing.result())
+                self._commit_deferring_interrupts(*writing.result())
 
     def decode_processes(self) -> int:
         """--decode-workers, or by default: one process per spare core (at most 8) when there is more
@@ -464,13 +465,18 @@ class _Run:
                     results = future.result()
                 except KilledWorker as exc:
                     results = self._failed_results(task, f"dask workers died running this shard ({exc})")
-                self._commit(task, results)
+                self._commit_deferring_interrupts(task, results)
                 self.progress.update(sum(len(p.ids) for p in task.parts))
                 submit_next()
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def _commit_deferring_interrupts(self, task: Task, results: list[PartResult]) -> None:
+        """A Ctrl-C waits for the commit, so that the summary counts what is on disk."""
+        with interrupts_deferred():
+            self._commit(task, results)
 
     @staticmethod
     def _failed_results(task: Task, reason: str) -> list[PartResult]:
