@@ -89,7 +89,7 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 def extract(dataset, root, features, cache, workers, scheduler, decode_workers, threads, strict, retry_failed, settings,
             shard_size, batch_seconds, device, dtype, compression, no_progress, as_json) -> None:
     """Decode a corpus once and write every requested feature into the cache (resumable)."""
-    from mer.extract.runner import ExtractConfig, extract as run_extract, format_summary
+    from mer.extract.runner import ExtractConfig, extract as run_extract, format_report, format_summary
 
     names = [f.strip() for f in features.split(",") if f.strip()]
     corpus_options, feature_options = parse_settings(settings, names)
@@ -98,7 +98,7 @@ def extract(dataset, root, features, cache, workers, scheduler, decode_workers, 
                            decode_workers=decode_workers, threads=threads, strict=strict,
                            retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
                            device=_device(device), dtype=dtype, compression=compression, progress=not no_progress)
-    summary = run_extract(config)
+    summary = run_extract(config, on_report=lambda report: click.echo(format_report(report), err=True))
     if as_json:
         click.echo(json.dumps(_summary_dict(summary), indent=1))
     else:
@@ -118,6 +118,7 @@ def _device(device: str) -> str:
 
 def _summary_dict(summary) -> dict:
     return {"corpus": summary.corpus, "seconds": summary.seconds, "stopped": summary.stopped,
+            "corpus_report": summary.report.to_dict() if summary.report else None,
             "features": [{"name": f.name, "config_hash": f.config_hash, "directory": f.directory, "done": f.done,
                           "cached": f.cached, "failed_before": f.failed_before, "failed": f.failed}
                          for f in summary.features]}

@@ -110,3 +110,52 @@ def test_ctrl_c_exits_130_quietly_keeps_finished_shards_and_the_rerun_resumes(tm
     assert (feature["cached"], feature["done"], feature["failed"]) == (len(kept), 40 - len(kept), {})
     verified = json.loads(mer("cache", "verify", cache, "--json", check=0).stdout)
     assert [(f["stored"], f["missing"], f["failed"]) for f in verified["features"]] == [(40, 0, 0)]
+
+
+# ---- the corpus report -------------------------------------------------------------------------
+# the first 10 rows of a RAVDESS manifest (/work/shared/data/ravdess-strong), audio made here
+RAVDESS_HEADER = "id,audio,text,label,speaker,fold"
+RAVDESS_ROWS = [f"03-01-{emotion:02d}-02-{statement}-02-01,Actor_01/03-01-{emotion:02d}-02-{statement}-02-01.flac,"
+                f"{text},{label},actor01,actors01"
+                for emotion, label in ((2, "calm"), (3, "happy"), (4, "sad"), (5, "angry"), (6, "fearful"))
+                for statement, text in (("01", "Kids are talking by the door."),
+                                        ("02", "Dogs are sitting by the door."))]
+
+
+def ravdess_manifest(folder: Path) -> Path:
+    """13 rows: 10 RAVDESS rows with 48 kHz FLAC clips, then a row without id, one without audio and
+    one whose audio is missing (CSV lines 12, 13, 14)."""
+    for row in RAVDESS_ROWS:
+        write_sndfile(folder / row.split(",")[1], seconds=1.0, rate=48000)
+    rows = RAVDESS_ROWS + [",Actor_01/03-01-02-02-01-02-01.flac,No id here.,calm,actor01,actors01",
+                           "noaudio,,No audio here.,calm,actor01,actors01",
+                           "gone,Actor_99/gone.flac,The file is gone.,calm,actor99,actors99"]
+    path = folder / "ravdess13.csv"
+    path.write_text("\n".join([RAVDESS_HEADER, *rows]) + "\n")
+    return path
+
+
+def test_extract_reports_what_the_reader_skipped_before_the_work_and_in_json(tmp_path):
+    manifest = ravdess_manifest(tmp_path)
+    run = mer("extract", "--dataset", "manifest", "--root", manifest, "--features", "mfcc40",
+              "--cache", tmp_path / "cache", "--json", check=0)
+    report_lines = [
+        "corpus ravdess13: 10 utterances",
+        "  skipped 1: audio missing",
+        "  skipped 1: row without audio",
+        "  skipped 1: row without id",
+        "  10 kept + 3 skipped = 13 records read",
+        f"  warning: {manifest} line 12: empty id, row skipped",
+        f"  warning: {manifest} line 13: id 'noaudio' has an empty audio path",
+        f"  warning: {manifest} line 14: {tmp_path / 'Actor_99/gone.flac'} not found",
+    ]
+    stderr = run.stderr.splitlines()
+    for line in report_lines:
+        assert line in stderr, run.stderr
+    progress = run.stderr.index("extract:")
+    assert all(run.stderr.index(line) < progress for line in report_lines)  # before the work starts
+    summary = json.loads(run.stdout)  # stdout stays the summary alone
+    report = summary["corpus_report"]
+    assert report["skipped"] == {"row without id": 1, "row without audio": 1, "audio missing": 1}
+    assert report["counts"]["total"] == {"utterances": 10} and len(report["warnings"]) == 3
+    assert summary["features"][0]["done"] == 10

@@ -29,7 +29,7 @@ from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
 from mer.data.audio import SAMPLE_RATE
 from mer.data.corpora import prepare
 from mer.data.decoding import DecodePool, decode_utterances
-from mer.data.utterance import Corpus, Utterance
+from mer.data.utterance import Corpus, CorpusReport, Utterance
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
 from mer.extract.interrupts import interrupts_deferred
@@ -130,6 +130,7 @@ class ExtractSummary:
     features: list[FeatureSummary]
     seconds: float
     stopped: Optional[str] = None  # why the run stopped early (strict, interrupted)
+    report: Optional[CorpusReport] = None  # what the corpus reader kept and skipped
 
     @property
     def exit_code(self) -> int:
@@ -288,7 +289,9 @@ def make_batches(extractor: Extractor, items: list[ExtractItem], config: Extract
 DECODE_AHEAD = 2  # tasks decoded ahead of the one computing: bounds memory to about 3 tasks' audio
 
 
-def extract(config: ExtractConfig) -> ExtractSummary:
+def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], None]] = None) -> ExtractSummary:
+    """on_report: called with the corpus reader's report before any work (and before the error
+    of a reader that kept nothing, which the report explains)."""
     started = time.time()
     jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
             for name in config.features]
@@ -296,6 +299,8 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         if job not in _extractor_memo:
             _extractor_memo[job] = job.build()
     corpus = prepare(config.dataset, config.root, **config.corpus_options)
+    if on_report is not None:
+        on_report(corpus.report)
     if not corpus.utterances:
         raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")
     specs = [_extractor_memo[job].spec for job in jobs]
@@ -315,7 +320,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         run.stopped = "interrupted; run the same command again to resume"
     finally:
         run.close()
-    return ExtractSummary(corpus.name, summaries, time.time() - started, run.stopped)
+    return ExtractSummary(corpus.name, summaries, time.time() - started, run.stopped, corpus.report)
 
 
 @contextlib.contextmanager
@@ -534,6 +539,21 @@ def _progress_bar(total: int, enabled: bool):
 
     return tqdm(total=total, unit="item", desc="extract", file=sys.stderr, disable=not enabled,
                 dynamic_ncols=True, smoothing=0.1)
+
+
+REPORT_EXAMPLES = 5  # warnings shown before the work starts; the --json summary holds the first 200
+
+
+def format_report(report: CorpusReport) -> str:
+    """The reader's counts, how what it read splits into kept and skipped, and the first warnings."""
+    kept = report.counts.get("total", {}).get("utterances", 0)
+    skipped = sum(report.skipped.values())
+    lines = [report.format(), f"  {kept} kept + {skipped} skipped = {kept + skipped} records read"]
+    lines += [f"  warning: {warning}" for warning in report.warnings[:REPORT_EXAMPLES]]
+    if len(report.warnings) > REPORT_EXAMPLES:
+        lines.append(f"  ... {len(report.warnings) - REPORT_EXAMPLES} more warnings in the --json summary "
+                     "(corpus_report.warnings)")
+    return "\n".join(lines)
 
 
 def format_summary(summary: ExtractSummary) -> str:
