@@ -28,6 +28,10 @@ def main() -> None:
     except MerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # last resort: one no layer turned into a MerError is still one line
+        paths = " -> ".join(str(path) for path in (exc.filename, exc.filename2) if path is not None)
+        click.echo(f"error: {paths + ': ' if paths else ''}{exc.strerror or exc}", err=True)
+        sys.exit(2)
     except SystemExit:
         raise
 

@@ -159,3 +159,26 @@ def test_extract_reports_what_the_reader_skipped_before_the_work_and_in_json(tmp
     assert report["skipped"] == {"row without id": 1, "row without audio": 1, "audio missing": 1}
     assert report["counts"]["total"] == {"utterances": 10} and len(report["warnings"]) == 3
     assert summary["features"][0]["done"] == 10
+
+
+# ---- an OSError that no layer caught -------------------------------------------------------------
+@pytest.mark.parametrize("error,line", [
+    (PermissionError(13, "Permission denied", "/data/cache/demo/x.h5"),
+     "error: /data/cache/demo/x.h5: Permission denied"),
+    (OSError(18, "Invalid cross-device link", "/a/tmp", None, "/b/shard.h5"),  # os.replace across disks
+     "error: /a/tmp -> /b/shard.h5: Invalid cross-device link"),
+    (OSError(28, "No space left on device"), "error: No space left on device"),
+])
+def test_an_oserror_that_escapes_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, error, line):
+    import mer.cli
+    import mer.extract.runner
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mer.extract.runner, "extract", fail)
+    monkeypatch.setattr(sys, "argv", ["mer", "extract", *DEMO, "--features", "mfcc40", "--cache", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        mer.cli.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line]
