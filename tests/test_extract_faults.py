@@ -182,3 +182,29 @@ def test_an_oserror_that_escapes_is_one_line_and_exit_2(tmp_path, monkeypatch, c
         mer.cli.main()
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+# ---- memory: a task's audio is let go before the next one is awaited ---------------------------
+def test_a_tasks_audio_is_freed_before_the_next_tasks_decoding_is_awaited(tmp_path, demo_root, monkeypatch):
+    import weakref
+
+    import mer.extract.runner as runner
+
+    held, alive_while_waiting = [], []
+    compute, result = runner.compute_task, runner.DecodePool.result
+
+    def compute_and_watch(decoded, *args, **kwargs):
+        held.extend(weakref.ref(wave) for wave in decoded.audio.values())
+        return compute(decoded, *args, **kwargs)
+
+    def result_after_check(pool, pending):
+        alive_while_waiting.append(sum(ref() is not None for ref in held))
+        return result(pool, pending)
+
+    monkeypatch.setattr(runner, "compute_task", compute_and_watch)
+    monkeypatch.setattr(runner.DecodePool, "result", result_after_check)
+    summary = runner.extract(runner.ExtractConfig(dataset="demo", root=demo_root, corpus_options={"size": 40},
+                                                  features=["mfcc40"], cache=tmp_path, shard_size=8,
+                                                  decode_workers=0, progress=False))
+    assert summary.features[0].done == 40 and len(held) == 40
+    assert alive_while_waiting == [0] * 5

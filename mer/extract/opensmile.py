@@ -331,7 +331,7 @@ class OpenSmileExtractor(Extractor):
             shape = None if wave is None else wave.shape
             raise OpenSmileError(f"{item.utterance.id}: {self.spec.name} needs non-empty mono audio, got "
                                  f"{shape}; decode it with mer.data.audio.load_audio")
-        wave = np.clip(wave.astype(np.float32), -1.0, 32767 / 32768)  # the int16 range (see module doc)
+        wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 32767 / 32768)  # the int16 range (module doc); one copy
         missing = self.options.min_samples - len(wave)
         return np.pad(wave, (0, missing)) if missing > 0 else wave
 

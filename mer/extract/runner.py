@@ -423,6 +423,7 @@ class _Run:
                 decode_ahead()
                 decoded = DecodedTask(task, *decoder.result(decoding))
                 computed = compute_task(decoded, self.jobs, self.config, self.progress.update)
+                del decoding, decoded  # this task's audio (the futures hold it too), before the next one is awaited
                 if writing is not None:
                     self._commit_deferring_interrupts(*writing.result())
                 writing = writer.submit(lambda t=task, c=computed: (t, write_task(c, self.config)))
