@@ -84,11 +84,11 @@ def wait_for_a_commit(cache: Path, proc: subprocess.Popen, timeout: float = 180)
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("decode_workers", [None, "1"])  # the default: a process per spare core
-def test_ctrl_c_exits_130_quietly_keeps_finished_shards_and_the_rerun_resumes(tmp_path, demo_root, decode_workers):
+@pytest.mark.parametrize("workers", [[], ["--decode-workers", "1"], ["--workers", "2"]])  # []: a decoder per spare core
+def test_ctrl_c_exits_130_quietly_keeps_finished_shards_and_the_rerun_resumes(tmp_path, demo_root, workers):
     cache = tmp_path / "cache"
     args = ["extract", *DEMO, "--root", demo_root, "--features", "opensmile-egemaps", "--shard-size", "4",
-            "--cache", cache, *(["--decode-workers", decode_workers] if decode_workers else [])]
+            "--cache", cache, *workers]
     # a new session: the process group gets the SIGINT, as a terminal's Ctrl-C sends it to every process
     proc = subprocess.Popen(mer_command(*args), cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

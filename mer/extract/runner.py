@@ -531,7 +531,8 @@ def _dask_client(config: ExtractConfig):
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40, env={"OMP_NUM_THREADS": str(threads),
-                                                                        "MKL_NUM_THREADS": str(threads)})
+                                                                        "MKL_NUM_THREADS": str(threads)},
+                           preload=["mer.extract.dask_worker"])  # workers leave Ctrl-C to this process
     return Client(cluster), cluster
 
 
