@@ -57,7 +57,7 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
     return soxr.resample(wave.astype(np.float32), rate, target, quality="HQ").astype(np.float32)
 
 
-class MonoStream:
+class _MonoStream:
     """Consecutive mono blocks at `rate` in; one float32 array at `target` out, resampled as the
     blocks come. `expected` input samples (when known) sizes the output once, without regrowth."""
 
@@ -119,7 +119,7 @@ def _decode_sndfile(path: Path, start: Optional[float], end: Optional[float], ta
         if first > 0:
             f.seek(min(first, f.frames))
         remaining = max(0, last - first)
-        out = MonoStream(rate, target, remaining)
+        out = _MonoStream(rate, target, remaining)
         while remaining > 0:
             block = f.read(min(_block_frames(f.channels), remaining), dtype="float32", always_2d=True)
             if not len(block):
@@ -144,7 +144,7 @@ def _decode_av(path: Path, start: Optional[float], end: Optional[float], target:
         rate = stream.codec_context.sample_rate or stream.rate
         if start and start > 1.0 and stream.time_base:
             container.seek(int((start - 1.0) / stream.time_base), stream=stream, any_frame=False, backward=True)
-        out = MonoStream(rate, target, _expected_samples(container, stream, rate, start, end))
+        out = _MonoStream(rate, target, _expected_samples(container, stream, rate, start, end))
         collector, first_sample = None, None
         for frame in container.decode(stream):
             if collector is None:
