@@ -1,12 +1,12 @@
 """The `mer` command. Choices come from the registries; errors print one line, no traceback.
 
 Exit status: 0 done; 1 the work ran but did not succeed (a --strict stop, a feature with
-every utterance failed, `cache verify` found problems); 2 bad input or usage; 130 interrupted."""
+every utterance failed, `cache verify` found problems); 2 bad input or usage, or a cache or run
+that is damaged or changed under the command (each a one-line error naming the fix); 130 interrupted."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -203,7 +203,7 @@ def cache_ls(root, as_json) -> None:
     """List corpora and features in a cache."""
     from mer.cache.reader import FeatureCache
 
-    fc = FeatureCache(root)
+    fc = FeatureCache(_cache_folder(root))
     rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
              "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
              "granularity": f.spec.granularity, "bytes": _size(f.directory),
@@ -221,6 +221,13 @@ def cache_ls(root, as_json) -> None:
                       if r["ignored_spec_keys"] else ""))
 
 
+def _cache_folder(root: Path) -> Path:
+    if not Path(root).is_dir():
+        what = "is a file, not a cache folder" if Path(root).exists() else "no such folder"
+        raise MerError(f"{root}: {what}; give the --cache folder of `mer extract`")
+    return root
+
+
 def _size(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob("shard-*.h5"))
 
@@ -234,7 +241,7 @@ def cache_info(root, corpus, feature, as_json) -> None:
     """Describe features: spec, dims, layers, model, counts and failures."""
     from mer.cache.reader import FeatureCache
 
-    fc = FeatureCache(root)
+    fc = FeatureCache(_cache_folder(root))
     corpora = [corpus] if corpus else fc.corpora()
     infos = [fc.find(c, feature) for c in corpora] if feature else [f for c in corpora for f in fc.features(c)]
     out = [_info_dict(fc, info) for info in infos]
@@ -279,7 +286,7 @@ def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
     """Recompute checksums; check records, links, coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
     from mer.cache.verify import verify_cache
 
-    reports = verify_cache(root, corpus, feature, repair)
+    reports = verify_cache(_cache_folder(root), corpus, feature, repair)
     bad = [r for r in reports if not r.ok or (strict and r.failed)]
     if as_json:
         click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))

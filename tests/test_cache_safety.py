@@ -348,6 +348,15 @@ def test_cache_that_is_a_file_is_one_line(tmp_path, demo_root):
     assert file.read_text() == "not a cache"
 
 
+@pytest.mark.parametrize("command", ["ls", "info", "verify"])
+def test_cache_commands_on_a_file_or_a_missing_folder_are_one_line(tmp_path, command):
+    file = tmp_path / "cache.txt"
+    file.write_text("not a cache")
+    assert "is a file, not a cache folder" in one_error_line(mer("cache", command, file, check=2))
+    missing = tmp_path / "nowhere"
+    assert "no such folder" in one_error_line(mer("cache", command, missing, check=2))
+
+
 def read_only(monkeypatch, cache: Path) -> None:
     """What a read-only mount does to every attempt to create or write a file or folder in `cache`."""
     real_open, real_mkdir = os.open, os.mkdir

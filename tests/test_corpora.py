@@ -350,3 +350,10 @@ def test_manifest_bad_rows_are_counted(manifest_dir, tmp_path):
     corpus = prepare("manifest", path)
     assert [u.id for u in corpus.utterances] == ["bad/ok"]
     assert corpus.report.skipped == {"unparseable JSON line": 1, "unparseable turn": 1, "end <= start": 1}
+
+
+@pytest.mark.parametrize("reader,option", [("demo", "name"), ("iemocap", "label"), ("manifest", "labels")])
+def test_an_option_the_reader_does_not_take_is_one_line_naming_it_and_the_options(tmp_path, reader, option):
+    with pytest.raises(CorpusError, match=rf"--set corpus\.{option}: the {reader} reader has no option "
+                                          rf"'{option}'; its options: "):
+        prepare(reader, tmp_path, **{option: "x"})

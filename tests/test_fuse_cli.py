@@ -87,7 +87,9 @@ def test_ablation_and_unknown_ablation(demo_cache, tmp_path):
 def test_missing_feature_fails_before_training_with_the_extract_command(demo_cache, tmp_path):
     result = fuse(demo_cache, tmp_path / "r", "mcsan", "--set", "demo_audio_feature=wavlm-base-plus")
     assert result.exit_code != 0
-    assert "mer extract --dataset demo-n40-s0 --features wavlm-base-plus" in str(result.exception)
+    message = str(result.exception)  # the reader's name and its options, not the corpus name
+    assert "mer extract --dataset demo --root " in message
+    assert "--set corpus.size=40 --features wavlm-base-plus --cache " in message
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 

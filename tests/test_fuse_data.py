@@ -235,7 +235,9 @@ def test_missing_feature_is_a_one_line_error_with_the_extract_command(cache):
             make_data(cache, audio=audio)
         message = str(error.value)
         assert "\n" not in message
-        assert f"mer extract --dataset {CORPUS} --features mfcc40 --cache {cache}" in message
+        # this cache was written without source.json: the command says which parts are placeholders
+        assert f"mer extract --dataset READER --root CORPUS_ROOT --features mfcc40 --cache {cache}" in message
+        assert f"placeholders: this cache does not record how {CORPUS} was read" in message
 
 
 def test_ids_missing_from_a_feature_are_dropped_from_every_split_and_reported(cache):

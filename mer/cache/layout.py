@@ -31,14 +31,21 @@ def check_corpus_name(name: str, cache_root: Path) -> str:
     return name
 
 
+def check_cache_path(path: Path) -> None:
+    """A cache path that is (or lies under) a file: one line, before any work is done."""
+    blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CacheError(f"{blocker}: is a file, not a folder; pass --cache a folder path")
+
+
 def make_cache_folder(path: Path) -> Path:
     """mkdir -p, with one line instead of a traceback when a part of the path is a file."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
-        raise CacheError(f"{blocker}: is a file, not a folder; pass --cache a folder path") from None
+        check_cache_path(path)
+        raise
     except OSError as exc:
         if exc.errno not in READ_ONLY_ERRNOS:
             raise

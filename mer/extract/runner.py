@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mer.cache.corpus import corpus_source, merge_corpus_manifest
-from mer.cache.layout import CORPUS_MANIFEST
+from mer.cache.layout import CORPUS_MANIFEST, check_cache_path
 from mer.cache.locks import FolderRemoved
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
 from mer.data.audio import SAMPLE_RATE
@@ -298,6 +298,7 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
     for job in jobs:  # built first: unknown names and missing models fail before any work
         if job not in _extractor_memo:
             _extractor_memo[job] = job.build()
+    check_cache_path(config.cache)
     corpus = prepare(config.dataset, config.root, **config.corpus_options)
     if on_report is not None:
         on_report(corpus.report)
