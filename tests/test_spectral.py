@@ -121,6 +121,22 @@ def test_batch_equals_single_items(name, tolerance):
         assert np.abs(together - alone).max() < tolerance
 
 
+@pytest.mark.parametrize("name", ["mfcc40", "logmfb80-d2"])
+def test_a_clip_computed_in_stft_blocks_equals_one_piece_and_librosa(name, monkeypatch):
+    """Long clips run the STFT in blocks of frames (bounded memory); block edges must not show."""
+    import mer.extract.spectral as spectral
+
+    signal = make_signal("noise", 5.0, seed=3)  # 501 frames: blocks of 64 put edges everywhere
+    extractor = build_extractor(name)
+    (whole,) = extractor.extract(items_of([signal]))
+    monkeypatch.setattr(spectral, "STFT_BLOCK_FRAMES", 64)
+    (blocked,) = extractor.extract(items_of([signal, signal[:SR]]))[:1]
+    assert blocked.shape == whole.shape == (501, extractor.spec.dim)
+    assert np.abs(blocked - whole).max() < 1e-5
+    if name == "logmfb80-d2":
+        assert np.abs(blocked[:, :80] - librosa_log_mel(signal).T).max() < MEL_TOL
+
+
 def test_mixed_batch_matches_librosa(mfcc):
     signals = [make_signal("noise", s, seed=7) for s in (0.01, 1.3, 0.37)]
     for signal, got in zip(signals, mfcc.extract(items_of(signals))):

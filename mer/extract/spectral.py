@@ -45,6 +45,9 @@ from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
 
 LOG_TYPES = ("db", "ln")
+# The STFT runs over blocks of this many frames: its complex output and power spectrum are 10x
+# the size of the mel output, so a 10-minute clip in one piece held about 300 MB at once.
+STFT_BLOCK_FRAMES = 2048
 
 
 class SpectralError(MerError):
@@ -273,7 +276,7 @@ class SpectralExtractor(Extractor):
             return []
         waves = [self._checked_audio(item) for item in items]
         lengths = [self.config.num_frames(len(wave)) for wave in waves]
-        batch = self._pad_stack(waves)  # (batch, samples)
+        batch = self._pad_stack(waves)  # (batch, samples), centre padding included
         features = self._log_mel(batch, lengths)  # (batch, n_mels, frames)
         if self._dct is not None:
             features = torch.matmul(self._dct, features)  # (batch, n_mfcc, frames)
@@ -294,22 +297,37 @@ class SpectralExtractor(Extractor):
         return wave
 
     def _pad_stack(self, waves: list[np.ndarray]) -> torch.Tensor:
+        """(batch, margin + longest + margin): zeros are librosa's centre padding (margin n_fft // 2
+        with center=True) and the padding of shorter items, written in the one copy of the audio."""
+        margin = self.config.n_fft // 2 if self.config.center else 0
         longest = max(len(wave) for wave in waves)
-        batch = np.zeros((len(waves), longest), dtype=np.float32)  # zeros = librosa's centre padding
+        batch = np.zeros((len(waves), margin + longest + margin), dtype=np.float32)
         for row, wave in zip(batch, waves):
-            row[: len(wave)] = wave
+            row[margin:margin + len(wave)] = wave
         return torch.from_numpy(batch).to(self._device)
 
     def _log_mel(self, batch: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         cfg = self.config
-        stft = torch.stft(batch, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=self._window,
-                          center=cfg.center, pad_mode="constant", return_complex=True)  # (batch, n_freqs, frames)
-        magnitude_squared = stft.real.square().addcmul_(stft.imag, stft.imag)  # |X|^2, no sqrt, one pass
-        power = magnitude_squared if cfg.power == 2.0 else magnitude_squared ** (cfg.power / 2)
-        mel = self._mel_filterbank(power)  # (batch, n_mels, frames)
+        total_frames = 1 + (batch.shape[1] - cfg.n_fft) // cfg.hop_length
+        blocks = []
+        for first in range(0, total_frames, STFT_BLOCK_FRAMES):
+            frames = min(STFT_BLOCK_FRAMES, total_frames - first)
+            samples = batch[:, first * cfg.hop_length:(first + frames - 1) * cfg.hop_length + cfg.n_fft]
+            blocks.append(self._mel_power(samples))
+        mel = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]  # (batch, n_mels, frames)
         if cfg.log == "ln":
             return mel.add_(cfg.log_offset).log_()
         return self._power_to_db(mel, lengths)
+
+    def _mel_power(self, samples: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, n_mels, frames): the mel-filtered power of frames that start in `samples`."""
+        cfg = self.config
+        stft = torch.stft(samples, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=self._window,
+                          center=False, return_complex=True)  # (batch, n_freqs, frames)
+        magnitude_squared = stft.real.square().addcmul_(stft.imag, stft.imag)  # |X|^2, no sqrt, one pass
+        del stft
+        power = magnitude_squared if cfg.power == 2.0 else magnitude_squared ** (cfg.power / 2)
+        return self._mel_filterbank(power)
 
     def _power_to_db(self, mel: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """librosa.power_to_db(ref=1.0): 10 log10(max(amin, S)), floored at (item max - top_db).
