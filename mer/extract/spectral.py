@@ -309,12 +309,11 @@ class SpectralExtractor(Extractor):
     def _log_mel(self, batch: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         cfg = self.config
         total_frames = 1 + (batch.shape[1] - cfg.n_fft) // cfg.hop_length
-        blocks = []
+        mel = torch.empty(batch.shape[0], cfg.n_mels, total_frames, device=batch.device)  # filled block by block
         for first in range(0, total_frames, STFT_BLOCK_FRAMES):
             frames = min(STFT_BLOCK_FRAMES, total_frames - first)
             samples = batch[:, first * cfg.hop_length:(first + frames - 1) * cfg.hop_length + cfg.n_fft]
-            blocks.append(self._mel_power(samples))
-        mel = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]  # (batch, n_mels, frames)
+            mel[:, :, first:first + frames] = self._mel_power(samples)
         if cfg.log == "ln":
             return mel.add_(cfg.log_offset).log_()
         return self._power_to_db(mel, lengths)
@@ -337,9 +336,10 @@ class SpectralExtractor(Extractor):
             peaks = torch.stack([mel[i, :, :length].amax() for i, length in enumerate(lengths)])  # (batch,)
             floor = 10.0 * torch.log10(peaks.clamp(min=cfg.amin)) - cfg.top_db
         db = mel.clamp_(min=cfg.amin).log10_().mul_(10.0)  # (batch, n_mels, frames), in place
-        if cfg.top_db is None:
-            return db
-        return torch.maximum(db, floor[:, None, None])
+        if cfg.top_db is not None:
+            for item, item_floor in zip(db, floor):
+                item.clamp_(min=float(item_floor))
+        return db
 
 
 def build_spectral(name: str, preset: SpectralConfig, options: dict) -> SpectralExtractor:
