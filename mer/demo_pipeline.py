@@ -39,7 +39,8 @@ def train(model: str, cache: Path, runs: Path, seed: int, corpus: str = "demo") 
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(out / "train.log", "w") as log_file:
-        document, _ = run_fuse(FuseConfig(model=model, corpus=corpus, cache=cache, out=out,
+        # overwrite: each `make demo` trains afresh, also after a change of the models' demo settings
+        document, _ = run_fuse(FuseConfig(model=model, corpus=corpus, cache=cache, out=out, overwrite=True,
                                           trainer=TrainerConfig(seed=seed)),
                                log=lambda line: print(line, file=log_file, flush=True))
     history = json.loads((out / "history.json").read_text())

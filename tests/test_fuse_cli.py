@@ -119,3 +119,18 @@ def test_same_seed_same_results_whatever_ran_before(demo_cache, tmp_path):
     torch.rand(7)
     assert fuse(demo_cache, tmp_path / "b", "mcsan").exit_code == 0
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+
+
+def test_make_demo_trains_afresh_into_its_run_folders_after_a_settings_change(demo_cache, tmp_path):
+    """`make demo` reuses runs/demo/<model>: a run left there by a release with other demo settings must
+    not be refused as 'another run' (it is replaced), and the results equal a first run's."""
+    from mer import demo_pipeline
+
+    first = demo_pipeline.train("audio-only", demo_cache, tmp_path, 0, corpus="demo-n40-s0")
+    config_path = tmp_path / "audio-only" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_config"]["max_epochs"] += 7  # as an older release's demo settings
+    config_path.write_text(json.dumps(config))
+    again = demo_pipeline.train("audio-only", demo_cache, tmp_path, 0, corpus="demo-n40-s0")
+    assert (again["accuracy"], again["epochs"]) == (first["accuracy"], first["epochs"])
+    assert json.loads(config_path.read_text())["model_config"]["max_epochs"] == config["model_config"]["max_epochs"] - 7
