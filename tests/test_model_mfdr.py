@@ -336,3 +336,27 @@ def test_ablations_change_what_they_say(overrides):
         _, level = model.sawa.attention(batch["audio"], audio_mask, batch["text"])
     if config.no_awa:
         assert (level == 0).all()
+
+
+def test_every_frame_reaches_the_classifier_in_a_short_sentence():
+    # the 50 windows tile all 255 frames whatever the sentence length: a 12-word utterance's words read
+    # windows 0-11 (frames < 75 with AWA), and the padded word slots 12-49 still carry windows 12-49
+    torch.manual_seed(9)
+    model = build_model("mfdr", 4, {"audio": 6, "text": 5}, heads=4).eval()
+    text_mask = torch.arange(L)[None, :] < 12
+    batch = {"audio": torch.randn(1, T, 6), "audio_mask": torch.ones(1, T, dtype=torch.bool),
+             "text": torch.randn(1, L, 5) * text_mask[..., None], "text_mask": text_mask}
+    noisy_audio = batch["audio"].clone()
+    noisy_audio[:, 80:] = 10 * torch.randn(1, T - 80, 6)
+    with torch.no_grad():
+        logits = model(batch).logits
+        noisy_logits = model(dict(batch, audio=noisy_audio)).logits
+        _, slots = model.encode(batch)
+    assert (logits - noisy_logits).abs().max() > 1e-4
+    assert slots.all()  # every slot holds a word or real audio
+    # a slot with neither (its window in the padding of a short clip, no word) stays empty
+    short = dict(batch, audio_mask=torch.arange(T)[None, :] < 100)
+    with torch.no_grad():
+        hidden, slots = model.encode(short)
+    assert slots[0].tolist() == [True] * 20 + [False] * 30  # window 19 = frames 95..104 holds real ones
+    assert (hidden[~slots] == 0).all()

@@ -18,7 +18,12 @@ Where the paper is vague, this implementation decides:
      (masks follow), whatever the batch's padding; T and L are max_audio_frames / max_text_len.
   2. Window grid: audio window i covers frames [i * hop, i * hop + window_width) and word i reads it
      ("text window 1"); (T - window_width) / window_hop + 1 == L is checked. Positions are absolute, as
-     in the paper: a word whose window lies in the padding of a short clip attends to nothing (z_i = 0).
+     in the paper, and the L slots cover all T frames whatever the sentence length: slot i is real when
+     word i is or when window i holds a real frame. A padded word slot still queries its window (with the
+     query of a zero word, W_q's bias) and carries it through SAWA, GCPU and DFC; otherwise the audio
+     beyond about hop * words + width frames would never reach the classifier. A word whose window lies
+     in the padding of a short clip attends to nothing (z_i = q_i, the word residual); a slot with
+     neither is empty (masked).
   3. SAWA attention: one head, as Algorithm 1 writes it: q = W_q words, k = W_k frames, v = W_v frames
      (linear layers with bias, all D wide), softmax(q k^T / sqrt(D)) within the band, z_i = sum_j a_ij v_j
      ("diag_att is used to aggregate the audio Value matrix v^x to generate z"), plus the word's own query
@@ -47,8 +52,8 @@ Where the paper is vague, this implementation decides:
   6. GCPU (eq. 1-6): D x D matrices, one bias per equation, h_0 = 0, left to right. g = multi-head
      self-attention (blocks.MultiHeadAttention: 8 heads, the paper names no count; output projection;
      dropout on the weights) over the masked z, no residual or feed-forward, computed once before the
-     recurrence. A padded word neither updates the state (h_t = h_{t-1}), nor is attended by g, nor
-     appears in H (zeros).
+     recurrence. An empty slot (decision 2) neither updates the state (h_t = h_{t-1}), nor is attended by
+     g, nor appears in H (zeros).
   7. `cell=gru`: Table 3's "GRU": a GRU (nn.GRUCell) "directly processes z_t", no multi-head attention.
      `cell=mgru`: Fig. 4(a) is not in the text; from section 3.4 ("the complementary updated MGRU") and
      section 2.2's first description of u_t ("combining the knowledge of h_{t-1}, z_t and g_t"): the same
@@ -60,7 +65,7 @@ Where the paper is vague, this implementation decides:
      window i) -> LayerNorm over the whole (64 x N) map (TVConv's) -> ReLU -> Conv1d(64 -> f * D, kernel 1)
      -> Phi (N x f x D); out_i[d] = sum_k Phi[i, k, d] H[i * hop + k, d]; no bias, nothing between the two
      layers. The paper writes Phi in N x f x f x D (TVConv's 2-D k x k kernel); on a sequence with one
-     kernel per channel it is N x f x D. Kernels depend on the position, not the input. Padded words are
+     kernel per channel it is N x f x D. Kernels depend on the position, not the input. Empty slots are
      zeros in H and add nothing.
  10. `pool` ablation: max / avg = masked max / mean over the SAME windows (f = 3, hops 2, 3 -> 8
      positions), same classifier; linear ("w/o DFC: directly adopting the Linear layer") = no sequence
@@ -266,12 +271,20 @@ class SlidingAdaptiveWindowAttention(nn.Module):
         scores = self.query(text) @ self.key(audio).transpose(1, 2) / math.sqrt(self.dim)  # (batch, L, T)
         return adaptive_window_attention(scores, self.bands, audio_mask, self.width, self.adaptive)
 
-    def forward(self, audio: Tensor, audio_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+    def slot_mask(self, audio_mask: Tensor, text_mask: Tensor) -> Tensor:
+        """(batch, L) bool: slot i holds word i or a real frame of its level-0 band. A padded word slot
+        still queries its audio window (with the query of a zero word, W_q's bias), so the L windows
+        carry every frame of the clip whatever the sentence length."""
+        window_has_audio = (self.bands[0][None] & audio_mask[:, None, :]).any(-1)  # (batch, L)
+        return text_mask | window_has_audio
+
+    def forward(self, audio: Tensor, audio_mask: Tensor, text: Tensor, slot_mask: Tensor) -> Tensor:
+        """z (batch, L, dim), zeros at empty slots; text is zero at padded words."""
         attention, _ = self.attention(audio, audio_mask, text)
         z = attention @ self.value(audio)  # (batch, L, dim)
         if self.word_residual:
             z = z + self.query(text)
-        return z * text_mask[..., None]
+        return z * slot_mask[..., None]
 
 
 # ----------------------------------------------------------------------------- GCPU and its variants
@@ -347,8 +360,8 @@ CELL_CLASSES = {"gcpu": GCPUCell, "gru": GRUCell, "mgru": MGRUCell}
 
 
 def run_cell(cell: nn.Module, inputs: Tensor, mask: Tensor, dim: int) -> Tensor:
-    """h_0 = 0, left to right over (batch, L, ...) inputs; a padded word keeps the state unchanged.
-    Returns H (batch, L, dim), zeros at padded words."""
+    """h_0 = 0, left to right over (batch, L, ...) inputs; an empty slot (mask False) keeps the state
+    unchanged. Returns H (batch, L, dim), zeros at empty slots."""
     h = inputs.new_zeros(inputs.size(0), dim)
     states = []
     for t in range(inputs.size(1)):
@@ -434,16 +447,17 @@ class MFDR(nn.Module):
         self.classifier = ClassifierHead(positions * d, num_classes, dropout=config.dropout)
 
     def encode(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """H (batch, L, D), zeros at padded words, and the text mask (batch, L)."""
+        """H (batch, L, D), zeros at empty slots, and the slot mask (batch, L): word or audio window real."""
         config = self.config
         audio, audio_mask = fit_length(batch["audio"], batch["audio_mask"], config.max_audio_frames)
         text, text_mask = fit_length(batch["text"], batch["text_mask"], config.max_text_len)
-        z = self.sawa(audio, audio_mask, text, text_mask)  # (batch, L, D)
+        slot_mask = self.sawa.slot_mask(audio_mask, text_mask)
+        z = self.sawa(audio, audio_mask, text, slot_mask)  # (batch, L, D)
         if self.context is not None:
-            g = self.context(z, z, text_mask) * text_mask[..., None]  # (batch, L, D)
+            g = self.context(z, z, slot_mask) * slot_mask[..., None]  # (batch, L, D)
         else:
             g = torch.zeros_like(z)
-        return run_cell(self.cell, self.cell.inputs(z, g), text_mask, config.hidden), text_mask
+        return run_cell(self.cell, self.cell.inputs(z, g), slot_mask, config.hidden), slot_mask
 
     def forward(self, batch: dict) -> FusionOutput:
         pooled, mask = self.encode(batch)
