@@ -32,10 +32,13 @@ def test_defaults_per_corpus_and_checks():
     assert (config.max_audio_frames, config.max_text_len, config.window_width, config.window_hop) == (T, L, WIDTH, HOP)
     assert (config.hidden, config.dfc_width, config.dfc_hops, config.dfc_channels) == (256, 3, (2, 3), 64)
     assert (config.lr, config.batch_size, config.max_epochs, config.lr_schedule) == (5e-4, 32, 40, "step:0.5:0.1")
-    assert (config.audio_feature, config.text_feature) == ("wavlm-base-plus", "bert-base-uncased")
+    assert (config.audio_feature, config.text_feature) == ("wavlm-base", "bert-base-uncased")  # section 3.2
     mosei = make_config("mfdr", corpus="mosei")
     assert (mosei.lr, mosei.batch_size, mosei.max_epochs) == (1e-3, 64, 20)
     assert set(type(config).ablations) == {"window", "no_awa", "cell", "pool", "no_context", "word_residual"}
+    # Table 3's fixed-width rows: omega_X = 30, 50, full-size, each without AWA; omega_X = 10 is no_awa
+    assert type(config).ablations["window"] == (30, 50, "full") and type(config).ablations["no_awa"] == (True,)
+    assert config.adaptive and not any(make_config("mfdr", window=w).adaptive for w in (10, 30, 50, "full"))
     # command-line strings
     assert make_config("mfdr", window="full").attention_window is None
     assert make_config("mfdr", window="30").attention_window == 30
@@ -318,7 +321,7 @@ def test_ablations_change_what_they_say(overrides):
     config = apply_overrides(tiny_config("mfdr"), overrides)
     torch.manual_seed(8)
     model = build_model("mfdr", 3, {"audio": 6, "text": 5}, config=config).eval()
-    assert model.sawa.adaptive == (not overrides.get("no_awa", False))
+    assert model.sawa.adaptive == (not overrides.get("no_awa", False) and "window" not in overrides)
     widest_band = model.sawa.bands[0].sum(-1).max().item()
     assert widest_band == {"grid": config.window_width, "30": 30, "full": config.max_audio_frames}[config.window]
     assert (model.context is None) == (config.cell == "gru" or config.no_context)
@@ -360,3 +363,19 @@ def test_every_frame_reaches_the_classifier_in_a_short_sentence():
         hidden, slots = model.encode(short)
     assert slots[0].tolist() == [True] * 20 + [False] * 30  # window 19 = frames 95..104 holds real ones
     assert (hidden[~slots] == 0).all()
+
+
+def test_no_context_feeds_z_as_g():
+    # section 3.4: "... acquiring g_t without multi-head attention": g_t = z_t, the cell unchanged
+    torch.manual_seed(10)
+    config = apply_overrides(tiny_config("mfdr"), {"dropout": 0.0, "no_context": True})
+    model = build_model("mfdr", 3, {"audio": 6, "text": 5}, config=config).eval()
+    assert model.context is None and type(model.cell) is GCPUCell
+    text_mask = torch.arange(15)[None, :] < 6
+    batch = {"audio": torch.randn(1, 32, 6), "audio_mask": torch.ones(1, 32, dtype=torch.bool),
+             "text": torch.randn(1, 15, 5) * text_mask[..., None], "text_mask": text_mask}
+    with torch.no_grad():
+        hidden, slots = model.encode(batch)
+        z = model.sawa(batch["audio"], batch["audio_mask"], batch["text"], slots)
+        expected = run_cell(model.cell, model.cell.inputs(z, z), slots, config.hidden)
+    assert torch.allclose(hidden, expected, atol=1e-6)

@@ -44,11 +44,13 @@ Where the paper is vague, this implementation decides:
      0.5 * width and width. The level is a hard choice: no gradient flows through the counts.
      Vectorised: the L x T score matrix (the paper's diag_att) is masked by three precomputed band masks
      (L x T, one per level); every word's level picks its row. No loop over words.
-  5. `window` ablation (Table 3: 10 / 30 / 50 / full-size): a width other than the grid's would give
+  5. `window` ablation (Table 3's fixed-width rows omega_X = 30 / 50 / full-size): those rows are SliWa
+     WITHOUT AWA (section 3.4: "at a fixed omega_X, too small will lead to information truncation ...",
+     Fig. 3 a-d against AWA's e-g), so an integer or "full" window never widens: `window=30` alone is the
+     omega_X = 30 row, and AWA runs on the grid window only. A width other than the grid's would give
      fewer or more windows than words, so the wider window keeps its grid window's centre (word i still
      reads around window i) and clips at the edges; "full": every word attends to every real frame. The
-     paper's fixed-width rows are SliWa WITHOUT AWA (Fig. 3 a-d vs e-g): `window=30 no_awa=true`; with AWA
-     on, a window of width w grows by w // 2 per level. The paper's "omega = 10" row is `no_awa=true`.
+     "omega_X = 10" row is `no_awa=true` (the same as `window=10`).
   6. GCPU (eq. 1-6): D x D matrices, one bias per equation, h_0 = 0, left to right. g = multi-head
      self-attention (blocks.MultiHeadAttention: 8 heads, the paper names no count; output projection;
      dropout on the weights) over the masked z, no residual or feed-forward, computed once before the
@@ -59,7 +61,10 @@ Where the paper is vague, this implementation decides:
      section 2.2's first description of u_t ("combining the knowledge of h_{t-1}, z_t and g_t"): the same
      reset gate and two candidates (h~ = z~ + g~), but a GRU update gate u = sigmoid(W [z; g] + U h_{t-1})
      and the complementary update h_t = (1 - u) h_{t-1} + u h~.
-  8. `no_context` (Table 3 "w/o Context"): g = 0 (no attention module); the cell is unchanged.
+  8. `no_context` (Table 3 "w/o Context"), from section 3.4: "We further explore the importance for
+     contextual modeling by using GRU to directly process z_t [the GRU row] and acquiring g_t without
+     multi-head attention [this row]": g_t = z_t, the multi-head attention replaced by the identity; the
+     GCPU cell is unchanged and still reads two streams, neither holding context beyond word t.
   9. DFC (after TVConv): per layer a map M (same size as the layer's input, n x D, initialised to ones as
      in TVConv) -> W = Conv1d(D -> 64, kernel f, stride hop, no bias; so kernel i is generated from M's
      window i) -> LayerNorm over the whole (64 x N) map (TVConv's) -> ReLU -> Conv1d(64 -> f * D, kernel 1)
@@ -75,7 +80,7 @@ Where the paper is vague, this implementation decides:
  13. Training: no weight decay, no early stopping: the paper's epochs, the best validation checkpoint.
      Regression (CMU-MOSEI, num_classes == 1): one output, the project's L1 loss.
 
-Ablations: window = grid | 10 | 30 | 50 | full, no_awa, cell = gcpu | gru | mgru,
+Ablations: window = grid | 30 | 50 | full (fixed widths), no_awa, cell = gcpu | gru | mgru,
 pool = dfc | max | avg | linear, no_context.
 Paper: IEMOCAP 4-class 5-fold WA 75.7 / UA 77.0, 10-fold WA 78.4 / UA 79.2;
 CMU-MOSEI Acc7 53.7, Acc2 85.2, F1 84.1.
@@ -101,7 +106,7 @@ AWA_LEVELS = 3  # the window alone, +- half a window, +- a whole window
 
 @dataclass
 class MFDRConfig(FusionConfig):
-    audio_feature: str = "wavlm-base-plus"  # the paper: WavLM(-base) frames, 768-d
+    audio_feature: str = "wavlm-base"  # the paper: WavLM frames, 768-d (section 3.2)
     text_feature: str = "bert-base-uncased"  # word level
     demo_audio_feature: str = "mfcc40"
     demo_text_feature: str = "minilm-l6"
@@ -109,12 +114,12 @@ class MFDRConfig(FusionConfig):
     max_text_len: Optional[int] = 50  # L
     window_width: int = 10  # omega_X: the audio window grid; (T - width) / hop + 1 == L
     window_hop: int = 5  # h_X
-    window: str = "grid"  # ablation: frames a word reads before AWA: "grid" (= window_width), an integer, "full"
-    no_awa: bool = False  # fixed windows (SliWa)
+    window: str = "grid"  # "grid" (window_width, with AWA), or Table 3's fixed widths: an integer, "full"
+    no_awa: bool = False  # fixed grid windows (SliWa); an integer or "full" `window` is fixed anyway
     word_residual: bool = True  # z_i = q_i + sum_j a_ij v_j (decision 3); False: the literal audio-only z
     hidden: int = 256  # D
     heads: int = 8  # context multi-head attention
-    no_context: bool = False  # g = 0
+    no_context: bool = False  # g = z: no multi-head attention (decision 8)
     cell: str = "gcpu"  # "gcpu" | "gru" | "mgru"
     pool: str = "dfc"  # "dfc" | "max" | "avg" | "linear"
     dfc_width: int = 3  # f
@@ -133,7 +138,7 @@ class MFDRConfig(FusionConfig):
         "iemocap": {"lr": 5e-4, "batch_size": 32, "max_epochs": 40},
         "mosei": {"lr": 1e-3, "batch_size": 64, "max_epochs": 20}})
 
-    ablations: ClassVar[dict] = {"window": (10, 30, 50, "full"), "no_awa": (True,), "cell": ("gru", "mgru"),
+    ablations: ClassVar[dict] = {"window": (30, 50, "full"), "no_awa": (True,), "cell": ("gru", "mgru"),
                                  "pool": ("max", "avg", "linear"), "no_context": (True,),
                                  "word_residual": (False,)}
     paper_results: ClassVar[dict] = {"iemocap-loso": {"accuracy": 0.757, "ua": 0.770},
@@ -182,6 +187,11 @@ class MFDRConfig(FusionConfig):
         if self.window == "full":
             return None
         return self.window_width if self.window == "grid" else int(self.window)
+
+    @property
+    def adaptive(self) -> bool:
+        """AWA on: the grid window only (decision 5)."""
+        return self.window == "grid" and not self.no_awa
 
     @property
     def uses_context(self) -> bool:
@@ -432,7 +442,7 @@ class MFDR(nn.Module):
         d, words = config.hidden, config.max_text_len
         self.sawa = SlidingAdaptiveWindowAttention(audio_dim, text_dim, d, config.max_audio_frames, words,
                                                    config.window_width, config.window_hop, config.attention_window,
-                                                   adaptive=not config.no_awa, word_residual=config.word_residual)
+                                                   adaptive=config.adaptive, word_residual=config.word_residual)
         self.context = MultiHeadAttention(d, config.heads, config.dropout) if config.uses_context else None
         self.cell = CELL_CLASSES[config.cell](d)
         lengths = pooled_lengths(words, config.dfc_width, config.dfc_hops)
@@ -456,7 +466,7 @@ class MFDR(nn.Module):
         if self.context is not None:
             g = self.context(z, z, slot_mask) * slot_mask[..., None]  # (batch, L, D)
         else:
-            g = torch.zeros_like(z)
+            g = z  # no_context: g_t without multi-head attention; cell=gru ignores g
         return run_cell(self.cell, self.cell.inputs(z, g), slot_mask, config.hidden), slot_mask
 
     def forward(self, batch: dict) -> FusionOutput:
