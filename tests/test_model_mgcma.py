@@ -141,6 +141,20 @@ def test_sigma_is_positive_even_where_softplus_underflows():
     assert (sigma[mask] > 0).all()
 
 
+def test_the_input_residual_goes_to_mu_only():
+    # as MAP: mu = LN(x + Linear(mu half)), sigma = softplus(LN(Linear(sigma half))): with the branch
+    # linears zeroed, mu follows the input and sigma does not
+    torch.manual_seed(0)
+    constructor = DistributionConstructor(8, 2, dropout=0.0).eval()
+    with torch.no_grad():
+        for linear in (constructor.mu_linear, constructor.sigma_linear):
+            linear.weight.zero_(), linear.bias.zero_()
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    mu, sigma = constructor(x, mask)
+    assert torch.allclose(mu, constructor.mu_norm(x), atol=1e-6)
+    assert torch.allclose(sigma, sigma[:1, :1].expand_as(sigma), atol=1e-6)  # one value: no trace of x
+
+
 def test_p_starts_at_one_over_hidden_and_stays_positive():
     model = make_model()
     assert math.isclose(model.p.item(), 1 / model.config.hidden, rel_tol=1e-6)

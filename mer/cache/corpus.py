@@ -104,18 +104,21 @@ def read_source(corpus_dir: Path) -> Optional[dict]:
         return None
 
 
-def extract_command(cache_root: Path, corpus: str, feature: str) -> str:
-    """The `mer extract` command that adds `feature` to `corpus`, from source.json; with placeholders
-    (and saying so) when the cache does not record how the corpus was read."""
+def extract_command(cache_root: Path, corpus: str, feature: str, options: Optional[dict] = None) -> str:
+    """The `mer extract` command that adds `feature` (with `options`: `--set FEATURE.KEY=VALUE`) to
+    `corpus`, from source.json; with placeholders (and saying so) when the cache does not record how
+    the corpus was read."""
+    settings = [part for key, value in (options or {}).items() for part in ("--set", f"{feature}.{key}={value}")]
     source = read_source(Path(cache_root) / corpus)
     if source is None:
         cache = shlex.quote(os.path.abspath(cache_root))
-        return (f"`mer extract --dataset READER --root CORPUS_ROOT --features {shlex.quote(feature)} --cache {cache}` "
-                f"(READER and CORPUS_ROOT are placeholders: this cache does not record how {corpus} was read)")
+        tail = "".join(f" {shlex.quote(part)}" for part in settings)
+        return (f"`mer extract --dataset READER --root CORPUS_ROOT --features {shlex.quote(feature)} --cache {cache}"
+                f"{tail}` (READER and CORPUS_ROOT are placeholders: this cache does not record how {corpus} was read)")
     parts = ["mer", "extract", "--dataset", source["dataset"]]
     if source.get("root"):
         parts += ["--root", source["root"]]
     for key, value in sorted(source.get("options", {}).items()):
         parts += ["--set", f"corpus.{key}={value}"]
-    parts += ["--features", feature, "--cache", os.path.abspath(cache_root)]
+    parts += ["--features", feature, "--cache", os.path.abspath(cache_root), *settings]
     return "`" + " ".join(shlex.quote(p) for p in parts) + "`"

@@ -65,11 +65,8 @@ class FeatureCache:
 
     def find(self, corpus: str, feature: str, config_hash: Optional[str] = None) -> FeatureInfo:
         """The feature named `feature` (or `name@hash` directory); `config_hash` (a prefix) picks among configs."""
-        name, _, hash_from_name = feature.partition("@")
-        config_hash = config_hash or hash_from_name or None
-        matches = [f for f in self.features(corpus) if f.name == name or f.directory.name.split("@")[0] == name]
-        if config_hash:
-            matches = [f for f in matches if f.config_hash.startswith(config_hash)]
+        name = feature.partition("@")[0]
+        matches = self.configs(corpus, feature, config_hash)
         if not matches:
             raise CacheError(f"{self.root / corpus}: feature {feature!r} is not in the cache; run "
                              f"{extract_command(self.root, corpus, name)}")
@@ -77,6 +74,13 @@ class FeatureCache:
             options = ", ".join(f"{f.name}@{f.config_hash}" for f in matches)
             raise CacheError(f"{self.root / corpus}: {feature!r} exists in several configs ({options}); name one as FEATURE@HASH")
         return matches[0]
+
+    def configs(self, corpus: str, feature: str, config_hash: Optional[str] = None) -> list[FeatureInfo]:
+        """Every cached config of `feature` (`name` or `name@hash`; `config_hash`, a prefix, narrows)."""
+        name, _, hash_from_name = feature.partition("@")
+        config_hash = config_hash or hash_from_name or None
+        matches = [f for f in self.features(corpus) if f.name == name or f.directory.name.split("@")[0] == name]
+        return [f for f in matches if f.config_hash.startswith(config_hash)] if config_hash else matches
 
     def by_hash(self, config_hash: str) -> list[FeatureInfo]:
         return [f for corpus in self.corpora() for f in self.features(corpus) if f.config_hash.startswith(config_hash)]

@@ -33,7 +33,9 @@ text_feature) and offline substitutes of the same granularity for `--dataset dem
 (demo_audio_feature, demo_text_feature). `a+b` joins two features of one granularity by
 concatenation on the last axis (CM-RoBERTa's openSMILE + OpenL3). "word level" means the text
 extractor run with granularity=word (`--set bert-base-uncased.granularity=word`; minilm-l6 is
-word level by default). The papers' choices:
+word level by default). `audio_granularity` / `text_granularity` declare what the model reads
+(accepted_granularities); `mer fuse` picks the cached config of that granularity and refuses
+another with the `mer extract` command that makes the right one. The papers' choices:
 
   model       audio (paper -> ours)                  text (paper -> ours)
   mcsan       40-d MFCC -> mfcc40                    300-d GloVe words -> bert-base-uncased (word level)
@@ -60,6 +62,8 @@ from mer.errors import MerError
 from mer.registry import Registry
 
 SAMPLE_UNITS = ("utterance", "dialogue")
+BATCHINGS = ("bucket", "random")
+GRANULARITIES = ("frame", "token", "word", "utterance")  # as mer.cache.spec.GRANULARITIES
 IGNORE_LABEL = -100  # padded utterances of a dialogue; CrossEntropyLoss's default ignore_index
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
@@ -79,6 +83,10 @@ class FusionConfig:
     max_audio_frames: Optional[int] = None  # the loader cuts longer sequences; None = no limit
     max_text_len: Optional[int] = None
     normalize_inputs: bool = True  # the loader z-normalises each input dim with TRAINING-split statistics
+    # the granularity each input must have in the cache (see accepted_granularities): `mer fuse` refuses another
+    audio_granularity: str = "any"
+    text_granularity: str = "any"
+    batching: str = "bucket"  # training batches: "bucket" (similar lengths, less padding) | "random" (lengths mixed)
 
     # model
     hidden: int = 128
@@ -96,7 +104,8 @@ class FusionConfig:
 
     # ablation switches -> values to try besides the default; the tests run every one
     ablations: ClassVar[dict] = {}
-    # the paper's reported numbers: {protocol: {metric: value in [0, 1]}}, printed beside ours
+    # the paper's reported numbers, printed beside ours: {protocol: {row: {metric: value in [0, 1]}}}, row = "full"
+    # or an ablation_key ("no_self", "no_awa+window=30"); an ablated run without a row of its own shows none
     paper_results: ClassVar[dict] = {}
 
     def __post_init__(self):
@@ -113,6 +122,11 @@ class FusionConfig:
         _check_number(self, "lr", lambda v: v > 0, "a number > 0")
         _check_number(self, "weight_decay", lambda v: v >= 0, "a number >= 0")
         _check_number(self, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        for role in ("audio", "text"):
+            accepted_granularities(self, role)  # rejects an unknown granularity now
+        if self.batching not in BATCHINGS:
+            raise MerError(f"batching must be one of {', '.join(BATCHINGS)}, got {self.batching!r}; "
+                           f"e.g. --set batching={BATCHINGS[0]}")
 
     @classmethod
     def tiny(cls) -> "FusionConfig":
@@ -211,6 +225,40 @@ def _coerce(name: str, annotation, current, value):
         return json.loads(value)  # dicts, lists
     except json.JSONDecodeError:
         return value
+
+
+def accepted_granularities(config: FusionConfig, role: str) -> tuple[str, ...]:
+    """The granularities the model reads for `role`, preferred first; () = any. `<role>_granularity`
+    is one ("word"), several in order of preference ("utterance,frame": finer levels mean-pooled by
+    the loader) or "any"."""
+    value = getattr(config, f"{role}_granularity")
+    if value == "any":
+        return ()
+    accepted = tuple(part.strip() for part in str(value).split(","))
+    if not all(part in GRANULARITIES for part in accepted):
+        raise MerError(f"{role}_granularity {value!r}: write one or more of {', '.join(GRANULARITIES)} "
+                       f"(comma-separated, preferred first) or any; e.g. --set {role}_granularity=any")
+    return accepted
+
+
+def ablation_key(config: FusionConfig, default: FusionConfig) -> str:
+    """The paper_results row of `config`: "full", or its ablation switches that differ from `default`
+    (the same model's config for the corpus, without ablations), sorted and joined by "+"."""
+    ablations = type(config).ablations
+    parts = [_ablation_part(name, getattr(config, name)) for name in sorted(ablations)
+             if getattr(config, name) != getattr(default, name)]
+    return "+".join(parts) or "full"
+
+
+def _ablation_part(name: str, value) -> str:
+    if value is True:
+        return name
+    return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+
+def paper_row(config: FusionConfig, default: FusionConfig, protocol: str) -> Optional[dict]:
+    """The paper's numbers for this very run (its protocol and ablation), or None where the paper has none."""
+    return type(config).paper_results.get(protocol, {}).get(ablation_key(config, default))
 
 
 POSITIVE_INTS = ("hidden", "batch_size", "max_epochs")

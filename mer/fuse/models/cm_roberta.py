@@ -94,6 +94,10 @@ class CMRoBERTaConfig(FusionConfig):
     demo_audio_feature: str = "opensmile-egemaps"
     demo_text_feature: str = "minilm-l6"  # pooled per utterance by the loader
     sample_unit: str = "dialogue"
+    # utterance vectors; frame/token/word rows are mean-pooled per utterance by the loader (token rows
+    # pooled are exactly the extractor's utterance mean, so tokens come before words)
+    audio_granularity: str = "utterance,frame"
+    text_granularity: str = "utterance,token,word"
     hidden: int = 128
     dropout: float = 0.1
     heads: int = 1
@@ -113,7 +117,9 @@ class CMRoBERTaConfig(FusionConfig):
     # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
     per_corpus: dict = field(default_factory=lambda: {"demo": {"batch_size": 4, "lr": 1e-3, "max_epochs": 60}})
     ablations: ClassVar[dict] = {"no_sca": (True,), "audio_only": (True,), "text_only": (True,)}
-    paper_results: ClassVar[dict] = {"meld": {"weighted_f1": 0.6628}}  # the paper's tables
+    paper_results: ClassVar[dict] = {"meld": {  # Table 1
+        "full": {"weighted_f1": 0.6628}, "no_sca": {"weighted_f1": 0.6566},
+        "audio_only": {"weighted_f1": 0.4310}, "text_only": {"weighted_f1": 0.6383}}}
 
     def __post_init__(self):
         super().__post_init__()

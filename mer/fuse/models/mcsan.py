@@ -63,6 +63,8 @@ class MCSANConfig(FusionConfig):
     text_feature: str = "bert-base-uncased"  # word level; the paper used 300-d GloVe words
     demo_audio_feature: str = "mfcc40"
     demo_text_feature: str = "minilm-l6"
+    audio_granularity: str = "frame"
+    text_granularity: str = "word"
     max_audio_frames: Optional[int] = 1000
     hidden: int = 128
     dropout: float = 0.1
@@ -83,7 +85,13 @@ class MCSANConfig(FusionConfig):
 
     ablations: ClassVar[dict] = {"no_self": (True,), "no_cross": (True,), "order": ("cross_self", "self_cross"),
                                  "layers": (2, 3)}
-    paper_results: ClassVar[dict] = {"iemocap7-10fold": {"accuracy": 0.612, "ua": 0.560}, "meld": {"weighted_f1": 0.592}}  # the paper's tables
+    paper_results: ClassVar[dict] = {  # Tables 1 and 3 (IEMOCAP 7-class 10-fold), Table 2 (MELD)
+        "iemocap7-10fold": {"full": {"accuracy": 0.612, "ua": 0.560},
+                            "no_self": {"accuracy": 0.605, "ua": 0.550}, "no_cross": {"accuracy": 0.596, "ua": 0.536},
+                            "order=cross_self": {"accuracy": 0.606, "ua": 0.552},
+                            "order=self_cross": {"accuracy": 0.602, "ua": 0.554},
+                            "layers=2": {"accuracy": 0.601, "ua": 0.551}, "layers=3": {"accuracy": 0.595, "ua": 0.541}},
+        "meld": {"full": {"weighted_f1": 0.592}}}
 
     def __post_init__(self):
         super().__post_init__()

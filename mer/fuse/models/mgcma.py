@@ -3,7 +3,7 @@ University, 2024). papers/mgcma-multi-granularity-cross-modal-alignment.txt.
 
     audio (wav2vec2-base frames, 768) -> Linear -> LayerNorm -> x_s
     text (bert-base-uncased tokens, 768) -> Linear -> LayerNorm -> x_t
-    DAM  per modality: MHA(x) (12 heads) -> split -> mu = LN(x + Linear(.)), sigma = softplus(LN(x + Linear(.)))
+    DAM  per modality: MHA(x) (12 heads) -> split -> mu = LN(x + Linear(.)), sigma = softplus(LN(Linear(.)))
          L_DA = symmetric InfoNCE over the batch, Sim = -p * W2(N_s, N_t) + q, tau = 0.07 (eq. 4-8)
     TAM  6 x [self-attention per modality -> cross-attention s<->t] on the mu sequences -> x~_s, x~_t
     IAM  L_IA = symmetric InfoNCE of normalised pooled x~_s . x~_t, tau = 0.07 (eq. 9-11)
@@ -12,6 +12,10 @@ University, 2024). papers/mgcma-multi-granularity-cross-modal-alignment.txt.
 Defaults (paper, section III-B): d = 768, 12 heads, 6 TAM blocks, batch 4, at most 100
 epochs, Adam lr 1e-5, tau = 0.07. Paper: IEMOCAP 4-class leave-one-session-out
 WA 78.87 / UA 80.24.
+
+Frozen encoders: the paper fine-tunes wav2vec2-base and BERT-base with the alignment losses (lr
+1e-5, batch 4: a fine-tuning setting); we read frozen features from the cache, so the losses can
+only move the layers above them (decision 1). Expect results below the paper's.
 
 Where the paper is vague, this implementation decides:
   1. Input projection: Linear(input dim -> hidden) -> LayerNorm per modality, always (also at
@@ -26,8 +30,11 @@ Where the paper is vague, this implementation decides:
   3. Distribution constructor (Fig. 2, after MAP [11], whose constructor it follows):
      multi-head self-attention with output projection W^o (eq. 1-3; padded keys masked);
      the Concat result is split along channels into two halves, the mu branch and the sigma
-     branch. Each branch: Linear(d/2 -> d), dropout, residual add of the constructor's input
-     x, LayerNorm ("normalization layers are omitted in the diagram"). sigma =
+     branch. Each branch: Linear(d/2 -> d), dropout, LayerNorm ("normalization layers are
+     omitted in the diagram"); the residual add of the constructor's input x goes on the mu
+     branch only, where MAP puts it ("Linear layers and residual connections" names no branch):
+     mu is the feature itself, refined, while sigma is its uncertainty, a quantity of another
+     kind that a copy of x would tie to mu. sigma =
      softplus(branch) + 1e-6: softplus rather than MAP's exp(log sigma) because W2 squares
      sigma differences and exp makes them (and their gradients) explode; the 1e-6 floor keeps
      sigma > 0 where softplus underflows. Outputs at padded positions are zero.
@@ -97,6 +104,11 @@ class MGCMAConfig(FusionConfig):
     text_feature: str = "bert-base-uncased"  # token level (the extractor's default granularity)
     demo_audio_feature: str = "logmfb80-d2"
     demo_text_feature: str = "minilm-l6"  # token level with --set minilm-l6.granularity=token
+    audio_granularity: str = "frame"
+    text_granularity: str = "token"
+    # the contrastive losses take their negatives from the batch: length buckets would make every
+    # negative as long as its positive, a shortcut the alignment could learn
+    batching: str = "random"
     hidden: int = 768
     dropout: float = 0.1
     heads: int = 12
@@ -120,10 +132,17 @@ class MGCMAConfig(FusionConfig):
     patience: Optional[int] = None
 
     # CPU-sized settings for the synthetic demo corpus (400 utterances); the paper's otherwise
-    per_corpus: dict = field(default_factory=lambda: {"demo": {"hidden": 128, "heads": 4, "blocks": 2, "lr": 3e-4, "batch_size": 16, "max_epochs": 12, "patience": 5}})
+    # (text_granularity: the demo cache holds MiniLM words; tokens are read when extracted too)
+    per_corpus: dict = field(default_factory=lambda: {"demo": {"hidden": 128, "heads": 4, "blocks": 2, "lr": 3e-4, "batch_size": 16, "max_epochs": 12, "patience": 5, "text_granularity": "token,word"}})
     ablations: ClassVar[dict] = {"no_dam": (True,), "no_tam": (True,), "no_iam": (True,),
                                  "order": tuple(order for order in MODULE_ORDERS if order != "dam_tam_iam")}
-    paper_results: ClassVar[dict] = {"iemocap-loso": {"accuracy": 0.7887, "ua": 0.8024}}  # the paper's tables
+    paper_results: ClassVar[dict] = {"iemocap-loso": {  # Tables I-III
+        "full": {"accuracy": 0.7887, "ua": 0.8024}, "no_dam": {"accuracy": 0.7778, "ua": 0.7907},
+        "no_tam": {"accuracy": 0.7800, "ua": 0.7914}, "no_iam": {"accuracy": 0.7830, "ua": 0.7938},
+        "no_dam+no_iam+no_tam": {"accuracy": 0.7620, "ua": 0.7762},
+        "order=dam_iam_tam": {"accuracy": 0.7876, "ua": 0.7948}, "order=iam_dam_tam": {"accuracy": 0.7760, "ua": 0.7860},
+        "order=iam_tam_dam": {"accuracy": 0.7871, "ua": 0.7981}, "order=tam_dam_iam": {"accuracy": 0.7733, "ua": 0.7875},
+        "order=tam_iam_dam": {"accuracy": 0.7688, "ua": 0.7843}}}
 
     def __post_init__(self):
         super().__post_init__()
@@ -153,8 +172,8 @@ def wasserstein2_squared(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tenso
 
 
 class DistributionConstructor(nn.Module):
-    """Fig. 2: multi-head self-attention, its output split into a mu and a sigma branch, each
-    Linear + residual + LayerNorm; sigma made positive by softplus. (batch, time, d) ->
+    """Fig. 2: multi-head self-attention, its output split into a mu branch (Linear + residual +
+    LayerNorm) and a sigma branch (Linear + LayerNorm, no residual, as MAP); sigma made positive by softplus. (batch, time, d) ->
     mu, sigma (batch, time, d), zero at padded positions."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
@@ -171,7 +190,7 @@ class DistributionConstructor(nn.Module):
         attended = self.attention(x, x, mask)  # (batch, time, d): Concat W^o, eq. 3
         mu_branch, sigma_branch = attended[..., : self.half], attended[..., self.half:]
         mu = self.mu_norm(x + self.dropout(self.mu_linear(mu_branch)))
-        sigma = F.softplus(self.sigma_norm(x + self.dropout(self.sigma_linear(sigma_branch)))) + SIGMA_FLOOR
+        sigma = F.softplus(self.sigma_norm(self.dropout(self.sigma_linear(sigma_branch)))) + SIGMA_FLOOR
         real = mask[..., None]
         return mu * real, sigma * real
 
