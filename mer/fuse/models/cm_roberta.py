@@ -20,6 +20,11 @@ layers concatenated (4096), pooled per utterance. Ours: `opensmile-conf:emo_larg
 openl3-6144-mean` and `roberta-large-last4`; demo: `opensmile-egemaps` and `minilm-l6` pooled
 per utterance by the loader.
 
+Frozen text encoder: the paper fine-tunes RoBERTa-large inside the model (section 3.1, "We
+fine-tuned the pre-trained RoBERTa Large model"; the audio is what helps that fine-tuning, hence
+the name). We do not: the RoBERTa features are read, frozen, from the cache, and only the fusion
+layers above them train. Expect the text side, and the whole model, to fall short of the paper's.
+
 Where the paper is vague, this implementation decides:
   1. Input encoders: one BiLSTM layer per modality over the utterances of the dialogue
      (packed by the utterance mask), d units per direction, forward and backward states

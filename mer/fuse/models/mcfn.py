@@ -16,6 +16,10 @@ the multi-head co-attention, alpha = beta = 0.3, gamma = 0.4, Adam lr 1e-4, batc
 Features: `logmfb80-d2` (80 log-mel bands + delta + delta-delta, 25 ms / 10 ms) and
 `roberta-base` at word level (subword vectors mean-pooled per word).
 
+Frozen text encoder: the paper's RoBERTa is part of its trained network ("The pre-trained RoBERTa
+model is used to encode text", section 3.2, in a model trained end to end at lr 1e-4); we read frozen
+RoBERTa features from the cache, and only the FC above them (and the rest of MCFN) trains.
+
 Where the paper is vague, this implementation decides:
   1. SpecAugment: the paper masks the spectrogram and then computes the deltas; here the
      cache holds [static | delta | delta-delta] already, so the masks are applied to that
@@ -50,7 +54,9 @@ Where the paper is vague, this implementation decides:
      learnable gamma: the residual is added at weight 1). The temporal softmax is over real
      positions only; the channel map sums over real positions only (padding is zero).
      Output S = S_t + S_c, both branches including their residual, padded positions zero.
-     Note: without a scale the channel map of long sequences is nearly one-hot, as in DANet.
+     Note: without a scale the channel map of long sequences is nearly one-hot. (DANet's own
+     channel module, which the paper does not cite, softmaxes rowmax(energy) - energy instead;
+     we follow eq. 2 as written, not DANet.)
   6. Co-attention (eq. 3-4): additive (Bahdanau) scores per head h,
      a^h_ij = w_h . tanh(U_h s_i + V_h t_j + b_h), with U, V: d -> 128 split into 4 heads of
      32 and a score vector w_h per head (eq. 3's scalar score needs one). Softmax over the
@@ -66,6 +72,12 @@ Where the paper is vague, this implementation decides:
      weight w is not reported: default 1.0 (`adjustment_weight`). The adjustment function is
      the paper's addition. `no_mutual_adjustment` removes the L_ad term (the paper calls the
      MSE constraint "the mutual adjustment"); the addition stays.
+     What L_ad asks for: with eq. 5-6, S^c - S~ = S~ * sigmoid(W_s T~) and T^c - T = T * sigmoid(W_t S~),
+     so L_ad = mean (S~ sigmoid(W_s T~))^2 + mean (T sigmoid(W_t S~))^2. It is zero exactly when the
+     interaction gates close (sigmoid -> 0, or the features themselves vanish): the term pulls the
+     cross-modal interaction towards off, and the task losses pull it back where it helps. That is
+     eq. 7 as written ("constrain the difference between intra-modal and inter-modal
+     representations"), not a quantity that measures agreement between the modalities.
   9. Classifiers: masked mean over the real words of S^f / T^f (the bimodal one reads the
      concatenation of both pooled vectors, 2d), then Dropout(0.1) -> one Linear to C (the
      paper names no classifier depth; `classifier_hidden` adds a hidden layer). An item
