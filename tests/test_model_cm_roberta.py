@@ -142,3 +142,18 @@ def test_mid_level_fusion_reuses_the_input_encoders():
     for modality in DIMS:
         grad = model.encoders[modality].lstm.weight_ih_l0.grad
         assert grad is not None and grad.abs().sum() > 0  # the encoders feed the mid-level branch
+
+
+def test_unimodal_variants_load_only_their_modality():
+    from mer.fuse.run import model_features
+
+    def features(**overrides):
+        return model_features("cm-roberta", make_config("cm-roberta", **overrides), "demo", {})
+
+    assert features() == {"audio": "opensmile-egemaps", "text": "minilm-l6"}
+    assert features(audio_only=True) == {"audio": "opensmile-egemaps", "text": None}
+    assert features(text_only=True) == {"audio": None, "text": "minilm-l6"}
+    # and the model runs on the batch the loader then gives: the other modality's keys absent
+    model = build_model("cm-roberta", 3, {"audio": None, "text": 6}, config=tiny_config("cm-roberta"), text_only=True)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert model({"text": torch.randn(2, 4, 6), "text_mask": mask, "utterance_mask": mask}).logits.shape == (2, 4, 3)

@@ -45,7 +45,8 @@ What happens, in order (all of it at construction, BEFORE any training):
   for small caches such as the demo.
 * Batching. `BucketBatchSampler`: training batches come from length-sorted buckets, shuffled
   within buckets and in batch order by a generator seeded with (seed, epoch); evaluation
-  order is deterministic (longest first).
+  order is deterministic (longest first). `batching="random"` (a model's config.batching)
+  draws training batches from a seeded permutation instead, lengths mixed.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from mer.errors import MerError
 
 ROLES = ("audio", "text")
 SAMPLE_UNITS = ("utterance", "dialogue")
+BATCHINGS = ("bucket", "random")  # as mer.fuse.models.base.BATCHINGS
 IGNORE_LABEL = -100  # as mer.fuse.models.base.IGNORE_LABEL (CrossEntropyLoss's ignore_index)
 MIN_STD = 1e-6  # dims whose training std is below this are centred, not scaled
 STATS_BLOCK_ELEMENTS = 1 << 22  # rows x dim gathered before one float64 moment update (32 MiB)
@@ -397,7 +399,7 @@ def _lengths_mask(lengths: Sequence[int]) -> torch.Tensor:
 
 
 class BucketBatchSampler(Sampler):
-    """Batches of indices of similar length.
+    """Batches of indices of similar length (`batching="bucket"`), or of any lengths (`"random"`).
 
     `lengths`: one int or tuple per sample (tuples sort lexicographically: (audio, text)).
     Evaluation (`shuffle=False`): sorted longest first (ties by index), cut into batches:
@@ -407,12 +409,17 @@ class BucketBatchSampler(Sampler):
     bucket, the result is cut into batches and the batch order shuffled. Each pass advances
     the epoch when it starts (`set_epoch` sets it: call it each epoch to be explicit), so the
     same seed gives the same sequence of epochs. `drop_last` (training only) leaves out
-    len % batch_size random samples each epoch so that every batch is full."""
+    len % batch_size random samples each epoch so that every batch is full.
+    `batching="random"` (MGCMA: its contrastive losses take negatives from the batch): training
+    batches are a seeded permutation cut in order, lengths mixed; evaluation keeps sample order."""
 
     def __init__(self, lengths: Sequence, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 batches_per_bucket: int = 4, drop_last: bool = False):
+                 batches_per_bucket: int = 4, drop_last: bool = False, batching: str = "bucket"):
         if batch_size < 1 or batches_per_bucket < 1:
             raise MerError(f"batch_size ({batch_size}) and batches_per_bucket ({batches_per_bucket}) must be >= 1")
+        if batching not in BATCHINGS:
+            raise MerError(f"batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
+        self.batching = batching
         keys = np.array([tuple(k) if isinstance(k, (tuple, list)) else (k,) for k in lengths], dtype=np.int64)
         self.keys = keys.reshape(len(keys), -1) if len(keys) else np.zeros((0, 1), np.int64)
         self.batch_size = batch_size
@@ -441,12 +448,14 @@ class BucketBatchSampler(Sampler):
         n = len(self.keys)
         size = self.batch_size
         if not self.shuffle:
-            order = self._sorted(np.arange(n), descending=True)
+            order = self._sorted(np.arange(n), descending=True) if self.batching == "bucket" else np.arange(n)
             return [order[i:i + size].tolist() for i in range(0, n, size)]
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
-        order = self._sorted(rng.permutation(n), descending=False)
-        bucket = size * self.batches_per_bucket
-        order = np.concatenate([rng.permutation(order[i:i + bucket]) for i in range(0, n, bucket)]) if n else order
+        order = rng.permutation(n)
+        if self.batching == "bucket":
+            order = self._sorted(order, descending=False)
+            bucket = size * self.batches_per_bucket
+            order = np.concatenate([rng.permutation(order[i:i + bucket]) for i in range(0, n, bucket)]) if n else order
         if self.drop_last and n % size:  # leave out n % size ids drawn uniformly (not the longest bucket's)
             order = np.delete(order, rng.choice(n, n % size, replace=False))
         batches = [order[i:i + size].tolist() for i in range(0, len(order), size)]
@@ -570,20 +579,22 @@ class FusionData:
                              self.label_of, self.memory, self.max_open_shards)
 
     def sampler(self, split: str, batch_size: int, shuffle: Optional[bool] = None, seed: int = 0,
-                batches_per_bucket: int = 4, drop_last: bool = False) -> BucketBatchSampler:
-        """Bucketed batches of `split`; shuffled (seeded) by default for "train" only."""
+                batches_per_bucket: int = 4, drop_last: bool = False, batching: str = "bucket") -> BucketBatchSampler:
+        """Bucketed (or `batching="random"`) batches of `split`; shuffled (seeded) by default for "train" only."""
         shuffle = (_part(split) == "train") if shuffle is None else shuffle
         return BucketBatchSampler(self.dataset(split).sort_keys(), batch_size, shuffle, seed,
-                                  batches_per_bucket, drop_last)
+                                  batches_per_bucket, drop_last, batching)
 
     def loader(self, split: str, batch_size: int, shuffle: Optional[bool] = None, seed: int = 0,
                num_workers: int = 0, batches_per_bucket: int = 4, drop_last: bool = False,
-               pin_memory: bool = False, persistent_workers: bool = True, **loader_options) -> DataLoader:
+               pin_memory: bool = False, persistent_workers: bool = True, batching: str = "bucket",
+               **loader_options) -> DataLoader:
         """A DataLoader over `split` with `sampler(...)` as its batch_sampler (`loader.batch_sampler`;
         its epoch advances with each pass, `set_epoch` sets it) and this data's collate. Create it
         once and iterate it every epoch. Workers open the cache themselves."""
         return DataLoader(self.dataset(split), collate_fn=self.collate, num_workers=num_workers,
-                          batch_sampler=self.sampler(split, batch_size, shuffle, seed, batches_per_bucket, drop_last),
+                          batch_sampler=self.sampler(split, batch_size, shuffle, seed, batches_per_bucket, drop_last,
+                                                     batching),
                           pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
                           **loader_options)
 

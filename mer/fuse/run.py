@@ -22,12 +22,13 @@ from typing import Callable, Optional
 import torch
 
 from mer import __version__
+from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
 from mer.data.protocols import FoldSet, default_protocol, make_folds
-from mer.errors import MerError
+from mer.errors import CacheError, MerError
 from mer.fuse.data import FusionData
 from mer.fuse.models import MODELS, build_model, make_config
-from mer.fuse.models.base import FusionConfig
+from mer.fuse.models.base import FusionConfig, accepted_granularities, paper_row
 from mer.fuse.report import (fold_from_record, fold_record, metrics_document, plot_confusion, plot_curves,
                              results_table, write_atomically, write_json, write_metrics, write_predictions)
 from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
@@ -104,17 +105,56 @@ def model_features(model: str, config: FusionConfig, corpus: str, settings: dict
     return features
 
 
+def resolve_features(cache: FeatureCache, corpus: str, model: str, config: FusionConfig, features: dict) -> dict:
+    """Each feature as the cached config to read, of the granularity the model declares: the name as
+    given when the cache holds one config of it, `name@hash` when one is picked among several. A
+    missing feature, or one of another granularity, fails now with the command that makes it."""
+    resolved = {}
+    for role, name in features.items():
+        parts = name.split("+") if name else []
+        resolved[role] = "+".join(pick_config(cache, corpus, model, config, role, p.strip()) for p in parts) or None
+    return resolved
+
+
+def pick_config(cache: FeatureCache, corpus: str, model: str, config: FusionConfig, role: str, feature: str) -> str:
+    accepted = accepted_granularities(config, role)
+    name = feature.partition("@")[0]
+    found = cache.configs(corpus, feature)
+    if not found:
+        fix = {"granularity": accepted[0]} if accepted and role == "text" else {}  # every text extractor has it
+        raise CacheError(f"{cache.root / corpus}: feature {feature!r} is not in the cache; run "
+                         f"{extract_command(cache.root, corpus, name, fix)}")
+    ranked = [[f for f in found if f.spec.granularity == g] for g in accepted] if accepted else [found]
+    fitting = next((group for group in ranked if group), None)
+    if fitting is None:
+        raise MerError(_wrong_granularity(cache, corpus, model, config, role, name, found, accepted[0]))
+    if len(fitting) > 1:
+        options = ", ".join(f"{name}@{f.config_hash} ({f.spec.granularity})" for f in fitting)
+        raise CacheError(f"{cache.root / corpus}: {feature!r} exists in several configs {model} can read "
+                         f"({options}); name one, e.g. --set {role}_feature={name}@{fitting[0].config_hash}")
+    return feature if len(found) == 1 else f"{name}@{fitting[0].config_hash}"
+
+
+def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: FusionConfig, role: str, name: str,
+                       found: list, need: str) -> str:
+    have = ",".join(sorted({f.spec.granularity for f in found}))
+    problem = f"{cache.root / corpus}: {model} reads {need}-level {role}, but {name} is cached at {have} level only"
+    if "granularity" in found[0].spec.config:  # a text encoder: the same one at another granularity
+        return f"{problem}; run {extract_command(cache.root, corpus, name, {'granularity': need})}"
+    default = model_features(model, config, corpus, {})[role]
+    if default and default != name:
+        return f"{problem}; pass --set {role}_feature={default} (its default), or another {need}-level feature"
+    return f"{problem}; pass another feature (--set {role}_feature=NAME), or read it anyway: --set {role}_granularity={have}"
+
+
 def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict, Path]:
     cache = FeatureCache(cfg.cache)
     utterances = cache.utterances(cfg.corpus)
     protocol = cfg.protocol or default_protocol(cfg.corpus)
     fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
     config = resolve_config(cfg)
-    features = model_features(cfg.model, config, cfg.corpus, cfg.settings)
-    for role, name in features.items():  # a missing feature fails now, naming the extract command
-        if name:
-            for part in name.split("+"):
-                cache.find(cfg.corpus, part)
+    features = resolve_features(cache, cfg.corpus, cfg.model, config,
+                                model_features(cfg.model, config, cfg.corpus, cfg.settings))
     folds = _chosen_folds(fold_set, cfg.folds)
     run_dir = _run_dir(cfg, protocol)
     log(f"{cfg.model} on {cfg.corpus}: protocol {protocol} ({len(folds)} fold(s)) -> {run_dir}")
@@ -139,7 +179,7 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     write_predictions(run_dir, results, labels)
     plot_confusion(run_dir, results, labels)
     plot_curves(run_dir, results, config.monitor)
-    log(results_table(document, type(config).paper_results.get(protocol)))
+    log(results_table(document, paper_row(config, make_config(cfg.model, corpus_family(cfg.corpus)), protocol)))
     return document, run_dir
 
 
@@ -346,7 +386,8 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     seed = job.trainer.seed
 
     def loader(split: str, shuffle: bool):
-        return data.loader(split, config.batch_size, shuffle=shuffle, seed=seed, num_workers=job.loader_workers)
+        return data.loader(split, config.batch_size, shuffle=shuffle, seed=seed, num_workers=job.loader_workers,
+                           batching=config.batching)
 
     train_loader = loader("train", True)
 

@@ -146,6 +146,11 @@ class CMRoBERTaConfig(FusionConfig):
     def modalities(self) -> tuple[str, ...]:
         return ("audio",) if self.audio_only else ("text",) if self.text_only else ("audio", "text")
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The features the run loads (mer.fuse.run.model_features): a unimodal variant never reads the other."""
+        return self.modalities
+
 
 class ResidualProjection(nn.Module):
     """The residual branch of one modality: its original utterance vectors -> Linear -> LayerNorm."""
