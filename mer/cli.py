@@ -334,28 +334,40 @@ def list_extractors() -> None:
 @click.option("--cache", type=click.Path(path_type=Path), help="Show whether each model's features are in this cache.")
 @click.option("--dataset", "corpus", help="The corpus to look in (with --cache).")
 def list_models(cache, corpus) -> None:
-    """Each model, its default features (paper's, and the demo's), and whether they are cached."""
-    from mer.cache.reader import FeatureCache
-    from mer.fuse.models import MODELS, model_names
+    """Each model, its default features (paper's, and the demo's) with the granularity it reads, and
+    whether they are cached at that granularity."""
+    from mer.fuse.models import MODELS, make_config, model_names
     from mer.fuse.run import model_features
 
-    present = {}
-    if cache and corpus:
-        present = {f.name for f in FeatureCache(cache).features(corpus)}
     for name in model_names():
-        config = MODELS.get(name).config_class()
-        paper = model_features(name, config, "paper", {})
-        demo = model_features(name, config, "demo", {})
-        line = f"{name:<12} paper: {_pair(paper):<60} demo: {_pair(demo)}"
-        if present:
-            features = model_features(name, config, corpus, {})
-            missing = [p for f in features.values() if f for p in f.split("+") if p not in present]
-            line += "  cached" if not missing else f"  missing: {', '.join(missing)}"
+        config, demo_config = MODELS.get(name).config_class(), make_config(name, "demo")
+        paper = _pair(model_features(name, config, "paper", {}), config)
+        demo = _pair(model_features(name, demo_config, "demo", {}), demo_config)
+        line = f"{name:<12} paper: {paper:<72} demo: {demo}"
+        if cache and corpus:
+            line += "  " + _cached(cache, corpus, name)
         click.echo(line)
 
 
-def _pair(features: dict) -> str:
-    return " + ".join(f"{role}={name}" for role, name in features.items() if name)
+def _pair(features: dict, config) -> str:
+    from mer.fuse.models.base import accepted_granularities
+
+    return " + ".join(f"{role}={name} ({'/'.join(accepted_granularities(config, role)) or 'any'})"
+                      for role, name in features.items() if name)
+
+
+def _cached(cache: Path, corpus: str, name: str) -> str:
+    """"cached", or what `mer fuse` would say is missing or of another granularity."""
+    from mer.cache.reader import FeatureCache
+    from mer.fuse.models import make_config
+    from mer.fuse.run import corpus_family, model_features, resolve_features
+
+    config = make_config(name, corpus_family(corpus))
+    try:
+        resolve_features(FeatureCache(cache), corpus, name, config, model_features(name, config, corpus, {}))
+    except MerError as problem:
+        return f"not ready: {str(problem).split(': ', 1)[-1]}"
+    return "cached"
 
 
 @list_group.command("corpora")
