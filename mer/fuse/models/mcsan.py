@@ -9,7 +9,8 @@ papers/mcsan-multimodal-cross-self-attention.txt.
 
 Defaults (paper, section 3.2): d = 128, 8 heads, N = 1, kernel 3 for conv and pool, Adam
 lr 1e-3 (IEMOCAP) / 5e-4 (MELD), batch 256, at most 30 (IEMOCAP) / 20 (MELD) epochs,
-MFCC cut to 1000 frames and z-normalised (training-split statistics, by the loader).
+MFCC cut to 1000 frames and z-normalised (training-split statistics, by the loader); the text
+vectors are not normalised, as the paper normalises only the MFCC (`normalize_inputs`).
 
 Where the paper is vague, this implementation decides:
   1. Conv1d: `hidden` (d) output channels, stride 1, zero "same" padding (k // 2), and NO
@@ -45,7 +46,7 @@ Paper: IEMOCAP 7-class 10-fold WA 0.612 +/- 0.012, UA 0.560 +/- 0.019; MELD weig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,8 @@ class MCSANConfig(FusionConfig):
     audio_granularity: str = "frame"
     text_granularity: str = "word"
     max_audio_frames: Optional[int] = 1000
+    # the paper z-normalises the MFCC only; its GloVe vectors go in as they are (`--set normalize_inputs=true`: both)
+    normalize_inputs: Union[bool, dict] = field(default_factory=lambda: {"audio": True, "text": False})
     hidden: int = 128
     dropout: float = 0.1
     heads: int = 8
