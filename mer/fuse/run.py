@@ -139,8 +139,11 @@ def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: Fus
                        found: list, need: str) -> str:
     have = ",".join(sorted({f.spec.granularity for f in found}))
     problem = f"{cache.root / corpus}: {model} reads {need}-level {role}, but {name} is cached at {have} level only"
-    if "granularity" in found[0].spec.config:  # a text encoder: the same one at another granularity
-        return f"{problem}; run {extract_command(cache.root, corpus, name, {'granularity': need})}"
+    spec = found[0].spec
+    if "granularity" in spec.config:  # a text encoder: the same one, with the same options, at another granularity
+        options = {key: value for key, value in spec.options.items() if key != "name"}
+        command = extract_command(cache.root, corpus, spec.options.get("name", name), {**options, "granularity": need})
+        return f"{problem}; run {command}"
     default = model_features(model, config, corpus, {})[role]
     if default and default != name:
         return f"{problem}; pass --set {role}_feature={default} (its default), or another {need}-level feature"
