@@ -45,6 +45,7 @@ class CorpusReport:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> value -> count
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     warnings: list[str] = field(default_factory=list)  # one line each, with file names
+    audio_read: bool = True  # False: transcripts and labels only (every requested feature is a text feature)
 
     def skip(self, reason: str, detail: Optional[str] = None) -> None:
         self.skipped[reason] += 1
@@ -59,10 +60,13 @@ class CorpusReport:
             self.counts[group] = dict(sorted(values.items(), key=lambda kv: str(kv[0])))
 
     def to_dict(self) -> dict:
-        return {"corpus": self.corpus, "counts": self.counts, "skipped": dict(self.skipped), "warnings": self.warnings}
+        return {"corpus": self.corpus, "counts": self.counts, "skipped": dict(self.skipped), "warnings": self.warnings,
+                "audio_read": self.audio_read}
 
     def format(self) -> str:
         lines = [f"corpus {self.corpus}: {self.counts.get('total', {}).get('utterances', 0)} utterances"]
+        if not self.audio_read:
+            lines.append("  audio: not read (text features only)")
         for group, values in self.counts.items():
             if group == "total" or len(values) > 20:
                 continue

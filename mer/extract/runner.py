@@ -299,7 +299,8 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
         if job not in _extractor_memo:
             _extractor_memo[job] = job.build()
     check_cache_path(config.cache)
-    corpus = prepare(config.dataset, config.root, **config.corpus_options)
+    needs_audio = not all(_extractor_memo[job].spec.modality == "text" for job in jobs)
+    corpus = prepare(config.dataset, config.root, needs_audio, **config.corpus_options)
     if on_report is not None:
         on_report(corpus.report)
     if not corpus.utterances:

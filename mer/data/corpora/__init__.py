@@ -1,4 +1,8 @@
-"""Corpus readers. Each module registers one `prepare(root, **options) -> Corpus` in CORPORA."""
+"""Corpus readers. Each module registers one `prepare(root, **options, *, needs_audio=True) -> Corpus` in CORPORA.
+
+`needs_audio=False` (what `mer extract` passes when every requested feature is a text feature)
+reads transcripts and labels only: no clip folder is required or probed, and every utterance
+gets `audio_path=None`. It is not a user option: `--set corpus.needs_audio` is refused."""
 
 from __future__ import annotations
 
@@ -11,19 +15,22 @@ from mer.errors import CorpusError
 from mer.registry import Registry
 
 CORPORA: Registry[Callable[..., Corpus]] = Registry("corpus")
+RUNNER_OPTIONS = ("root", "needs_audio")  # set by the caller, never by --set corpus.KEY
 
 for _module in ("demo", "meld", "iemocap", "mosei", "manifest"):
     importlib.import_module(f"mer.data.corpora.{_module}")
 
 
-def prepare(name: str, root=None, /, **options) -> Corpus:
+def prepare(name: str, root=None, needs_audio: bool = True, /, **options) -> Corpus:
+    """Read corpus `name` with the reader's user `options`. `needs_audio` is positional so that an
+    option of that name from the command line lands in `options` and is refused like any unknown one."""
     reader = CORPORA.get(name)
     _check_options(name, reader, options)
-    return reader(root, **options)
+    return reader(root, needs_audio=bool(needs_audio), **options)
 
 
 def _check_options(name: str, reader: Callable[..., Corpus], options: dict) -> None:
-    accepted = [p for p in inspect.signature(reader).parameters if p != "root"]
+    accepted = [p for p in inspect.signature(reader).parameters if p not in RUNNER_OPTIONS]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise CorpusError(f"--set corpus.{unknown[0]}: the {name} reader has no option {unknown[0]!r}; "

@@ -205,16 +205,17 @@ class PlannedUtterance:
 # ----------------------------------------------------------------------------- entry point
 
 @CORPORA.register("demo")
-def prepare(root=None, size: int = 400, seed: int = 0, sessions: int = 5) -> Corpus:
-    """Build (once) and read the synthetic demo corpus; `root` defaults to $MER_HOME/demo/<options>."""
+def prepare(root=None, size: int = 400, seed: int = 0, sessions: int = 5, *, needs_audio: bool = True) -> Corpus:
+    """Build (once) and read the synthetic demo corpus; `root` defaults to $MER_HOME/demo/<options>.
+    `needs_audio=False`: the texts and labels only; no audio is synthesised."""
     config = DemoConfig(size=int(size), seed=int(seed), sessions=int(sessions))
     _validate(config)
     root = Path(root).expanduser() if root is not None else default_root(config)
     plan = plan_corpus(config)
-    if not _is_complete(root, config, plan):
+    if needs_audio and not _is_complete(root, config, plan):
         generate_audio(plan, root, config)
-    utterances = [_to_utterance(p, config.name, root) for p in plan]
-    report = CorpusReport(config.name)
+    utterances = [_to_utterance(p, config.name, root, needs_audio) for p in plan]
+    report = CorpusReport(config.name, audio_read=needs_audio)
     report.count(utterances, groups=("split", "label", "speaker", "fold"))
     return Corpus(config.name, utterances, report)
 
@@ -233,11 +234,11 @@ def _validate(config: DemoConfig) -> None:
                        f"({2 * config.sessions})")
 
 
-def _to_utterance(planned: PlannedUtterance, corpus: str, root: Path) -> Utterance:
+def _to_utterance(planned: PlannedUtterance, corpus: str, root: Path, with_audio: bool = True) -> Utterance:
     return Utterance(
         id=f"{corpus}/{planned.id}", corpus=corpus, split=planned.split, fold=planned.session,
         speaker=planned.speaker, dialogue=planned.dialogue, turn=planned.turn, text=planned.text,
-        label=planned.emotion, audio_path=str(wav_path(root, planned).resolve()),
+        label=planned.emotion, audio_path=str(wav_path(root, planned).resolve()) if with_audio else None,
     )
 
 

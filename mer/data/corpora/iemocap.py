@@ -8,7 +8,8 @@ Layout (at the root or one folder down, e.g. `IEMOCAP_full_release/`):
 `labels`: 4class (neu, hap+exc -> happy, ang, sad: 5531 utterances), 7class (fru, neu, ang, sad,
 exc, hap, sur: 7487) or all (every category as written, xxx and oth included). The speaker is the
 session plus the gender letter of the LAST id segment (`Ses01F_impro01_M003` -> `Ses01M`);
-fold is the session folder (`Session1`), for leave-one-session-out protocols.
+fold is the session folder (`Session1`), for leave-one-session-out protocols. Read for text
+features only (`needs_audio=False`), `sentences/wav` is not needed and every labelled line is kept.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ class _Label:
 
 
 @CORPORA.register(NAME)
-def prepare(root, labels: str = "4class") -> Corpus:
+def prepare(root, labels: str = "4class", *, needs_audio: bool = True) -> Corpus:
     """Read IEMOCAP with the label set `labels` (4class, 7class or all)."""
     root = require_dir(root, NAME, _EXPECTED)
     labels = choose(labels, tuple(LABEL_SETS), "labels", NAME)
-    report = CorpusReport(NAME)
+    report = CorpusReport(NAME, audio_read=needs_audio)
     utterances: list[Utterance] = []
     for session in _sessions(root):
-        utterances += _read_session(session, LABEL_SETS[labels], labels, report)
+        utterances += _read_session(session, LABEL_SETS[labels], labels, needs_audio, report)
     finish_report(report, utterances, ("fold", "label", "speaker"))
     return Corpus(NAME, utterances, report)
 
@@ -71,20 +72,20 @@ def _sessions(root: Path) -> list[Path]:
     return sorted(sessions, key=lambda p: int(_SESSION.match(p.name).group(1)))
 
 
-def _read_session(session: Path, mapping: Optional[dict[str, str]], label_set: str,
+def _read_session(session: Path, mapping: Optional[dict[str, str]], label_set: str, needs_audio: bool,
                   report: CorpusReport) -> list[Utterance]:
     label_dir = _require(session / "dialog" / "EmoEvaluation", "the EmoEvaluation/<dialog>.txt label files")
     transcript_dir = _require(session / "dialog" / "transcriptions", "the transcriptions/<dialog>.txt files")
-    wav_dir = _require(session / "sentences" / "wav", "the wav/<dialog>/<utt>.wav files")
+    wav_dir = _require_wavs(session / "sentences" / "wav") if needs_audio else None
     utterances = []
     for label_file in iter_files(label_dir, ".txt"):
         texts = _read_transcripts(transcript_dir / label_file.name, report)
         for lab, turn in _read_labels(label_file, report):
             name = lab.category if mapping is None else mapping.get(lab.category)
-            wav = wav_dir / label_file.stem / f"{lab.utt}.wav"
+            wav = wav_dir / label_file.stem / f"{lab.utt}.wav" if wav_dir is not None else None
             if name is None:
                 report.skip(f"category {lab.category} not in labels={label_set}")
-            elif not wav.is_file():
+            elif wav is not None and not wav.is_file():
                 report.skip("wav missing", f"{NAME}: {wav} not found; utterance {lab.utt} skipped")
             else:
                 if lab.utt not in texts:
@@ -97,6 +98,13 @@ def _read_session(session: Path, mapping: Optional[dict[str, str]], label_set: s
 def _require(folder: Path, what: str) -> Path:
     if not folder.is_dir():
         raise CorpusError(f"{NAME}: {folder} is missing; it should hold {what} (IEMOCAP_full_release layout)")
+    return folder
+
+
+def _require_wavs(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise CorpusError(f"{NAME}: {folder} is missing; it should hold the wav/<dialog>/<utt>.wav files that audio "
+                          "features need (IEMOCAP_full_release layout), or extract text features only")
     return folder
 
 
@@ -133,7 +141,8 @@ def _read_transcripts(path: Path, report: CorpusReport) -> dict[str, str]:
     return texts
 
 
-def _utterance(lab: _Label, label: str, session: str, dialog: str, turn: int, text: str, wav: Path) -> Utterance:
+def _utterance(lab: _Label, label: str, session: str, dialog: str, turn: int, text: str,
+               wav: Optional[Path]) -> Utterance:
     valence, activation, dominance = lab.vad
     return Utterance(
         id=f"{NAME}/{lab.utt}",
@@ -144,7 +153,7 @@ def _utterance(lab: _Label, label: str, session: str, dialog: str, turn: int, te
         turn=turn,
         text=text,
         label=label,
-        audio_path=str(wav),
+        audio_path=None if wav is None else str(wav),
         extra={"category": lab.category, "valence": valence, "activation": activation,
                "dominance": dominance, "dialog_start": lab.start, "dialog_end": lab.end},
     )

@@ -2,7 +2,8 @@
 
 Required columns: `id, audio, text, label`; optional: `split, fold, speaker, dialogue, turn,
 start, end`; any other column is kept in `extra`. `audio` paths are relative to the manifest's
-folder (absolute paths work too) and may be any format and rate load_audio decodes. The corpus
+folder (absolute paths work too) and may be any format and rate load_audio decodes. Read for text
+features only (`needs_audio=False`), `audio` may be absent and is ignored: `id, text, label`. The corpus
 name is the option `name` or the manifest's file stem; ids become `<name>/<id>`. Labels are
 floats (regression) when every label is a number, else strings; `label_type` overrides that.
 """
@@ -23,28 +24,31 @@ from mer.errors import CorpusError
 
 NAME = "manifest"
 REQUIRED = ("id", "audio", "text", "label")
+TEXT_REQUIRED = ("id", "text", "label")
 OPTIONAL = ("split", "fold", "speaker", "dialogue", "turn", "start", "end")
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # no leading '.': not '..', not hidden
 
 
 @CORPORA.register(NAME)
-def prepare(root, name: Optional[str] = None, label_type: str = "auto") -> Corpus:
+def prepare(root, name: Optional[str] = None, label_type: str = "auto", *, needs_audio: bool = True) -> Corpus:
     """Read the manifest file `root`; `label_type`: auto, class or regression."""
     path = require_root(root, NAME, "the utterances (a .csv or .jsonl manifest file)")
     if path.is_dir() or path.suffix.lower() not in _FORMATS:
         raise CorpusError(f"{NAME}: {path} is not a .csv or .jsonl file; pass --root FILE, the manifest itself")
     name = _corpus_name(name or path.stem, path)
     label_type = choose(label_type, ("auto", "class", "regression"), "label_type", NAME)
-    report = CorpusReport(name)
+    report = CorpusReport(name, audio_read=needs_audio)
     rows = _read_rows(path, report)
+    if needs_audio:
+        _require_audio_column(rows, path)
     labels = _convert_labels([row["label"] for _, row in rows], label_type, path)
     utterances, seen = [], set()
     for (line, row), label in zip(rows, labels):
         if row["id"] in seen:
             raise CorpusError(f"{NAME}: {path} line {line}: id {row['id']!r} appears twice; ids must be unique")
         seen.add(row["id"])
-        utt = _utterance(row, label, name, path, line, report)
+        utt = _utterance(row, label, name, path, line, report, needs_audio)
         if utt is not None:
             utterances.append(utt)
     finish_report(report, utterances, ("split", "label"))
@@ -60,9 +64,9 @@ def _corpus_name(name: str, path: Path) -> str:
 
 
 def _read_rows(path: Path, report: CorpusReport) -> list[tuple[int, dict]]:
-    """(line number, row) pairs with every required column present and `id` non-empty."""
+    """(line number, row) pairs with every column of a text corpus present and `id` non-empty."""
     if _FORMATS[path.suffix.lower()] == "csv":
-        rows = list(enumerate(read_csv(path, REQUIRED, NAME, report), start=2))
+        rows = list(enumerate(read_csv(path, TEXT_REQUIRED, NAME, report), start=2))
     else:
         rows = _read_jsonl(path, report)
     kept = []
@@ -87,9 +91,16 @@ def _read_jsonl(path: Path, report: CorpusReport) -> list[tuple[int, dict]]:
         if not isinstance(row, dict):
             report.skip("unparseable JSON line", f"{path} line {line}: not a JSON object")
             continue
-        check_columns(path, row.keys(), REQUIRED, NAME)  # names the first row that lacks one
+        check_columns(path, row.keys(), TEXT_REQUIRED, NAME)  # names the first row that lacks one
         rows.append((line, row))
     return rows
+
+
+def _require_audio_column(rows: list[tuple[int, dict]], path: Path) -> None:
+    for line, row in rows:
+        if "audio" not in row:
+            raise CorpusError(f"{NAME}: {path} line {line} has no 'audio' column, which audio features need; "
+                              "add it (clip paths), or extract text features only (e.g. --features minilm-l6)")
 
 
 def _convert_labels(raw: list, label_type: str, path: Path) -> list:
@@ -113,14 +124,10 @@ def _empty(value) -> bool:
     return value is None or str(value).strip() == ""
 
 
-def _utterance(row: dict, label, name: str, path: Path, line: int, report: CorpusReport) -> Optional[Utterance]:
-    audio = str(row.get("audio") or "").strip()
-    if not audio:
-        report.skip("row without audio", f"{path} line {line}: id {row['id']!r} has an empty audio path")
-        return None
-    audio_path = (path.parent / Path(audio).expanduser()).resolve()
-    if not audio_path.is_file():
-        report.skip("audio missing", f"{path} line {line}: {audio_path} not found")
+def _utterance(row: dict, label, name: str, path: Path, line: int, report: CorpusReport,
+               needs_audio: bool) -> Optional[Utterance]:
+    audio_path = _audio_path(row, path, line, report) if needs_audio else None
+    if needs_audio and audio_path is None:
         return None
     numbers = {"turn": to_int, "start": to_float, "end": to_float}
     values = {}
@@ -137,11 +144,23 @@ def _utterance(row: dict, label, name: str, path: Path, line: int, report: Corpu
         corpus=name,
         text="" if _empty(row.get("text")) else str(row["text"]),
         label=label,
-        audio_path=str(audio_path),
+        audio_path=None if audio_path is None else str(audio_path),
         extra={k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL},
         **{k: _text_or_none(row.get(k)) for k in ("split", "fold", "speaker", "dialogue")},
         **values,
     )
+
+
+def _audio_path(row: dict, path: Path, line: int, report: CorpusReport) -> Optional[Path]:
+    audio = str(row.get("audio") or "").strip()
+    if not audio:
+        report.skip("row without audio", f"{path} line {line}: id {row['id']!r} has an empty audio path")
+        return None
+    audio_path = (path.parent / Path(audio).expanduser()).resolve()
+    if not audio_path.is_file():
+        report.skip("audio missing", f"{path} line {line}: {audio_path} not found")
+        return None
+    return audio_path
 
 
 def _text_or_none(value) -> Optional[str]:

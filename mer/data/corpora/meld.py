@@ -9,6 +9,7 @@ Layout (at the root or one folder down, e.g. `MELD.Raw/`):
 Ids are `meld/{split}/dia{D}_utt{U}` because dialogue numbers restart in every split. Rows whose
 clip is missing are dropped and counted; clips without a row are counted; corrupt clips are kept
 (extraction records them as failures). Clips longer than `max_clip_seconds` are kept and listed.
+Read for text features only (`needs_audio=False`), the three CSVs suffice and every row is kept.
 """
 
 from __future__ import annotations
@@ -42,30 +43,49 @@ _EXPECTED = "train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv and the cli
 
 
 @CORPORA.register(NAME)
-def prepare(root, label: str = "emotion", splits="train,dev,test", max_clip_seconds=60.0) -> Corpus:
+def prepare(root, label: str = "emotion", splits="train,dev,test", max_clip_seconds=60.0, *,
+            needs_audio: bool = True) -> Corpus:
     """Read MELD. `label`: emotion (7 classes) or sentiment (3); `splits`: which CSVs to read;
-    `max_clip_seconds`: clips longer than this are listed in the report (None: do not probe)."""
+    `max_clip_seconds`: clips longer than this are listed in the report (None: do not probe).
+    `needs_audio=False`: the CSVs only, every row kept, no clip folder looked at."""
     root = require_dir(root, NAME, _EXPECTED)
     label = choose(label, ("emotion", "sentiment"), "label", NAME)
     limit = optional_seconds(max_clip_seconds, "max_clip_seconds", NAME)
-    report = CorpusReport(NAME)
+    report = CorpusReport(NAME, audio_read=needs_audio)
     utterances: list[Utterance] = []
     for split in as_list(splits, "splits", SPLITS, NAME):
-        utterances += _read_split(root, split, label, limit, report)
+        csv_path = _annotation_csv(root, split)
+        if needs_audio:
+            utterances += _read_split(root, split, csv_path, label, limit, report)
+        else:
+            utterances += _read_split_text(split, csv_path, label, report)
     dialogues = {s: len({u.dialogue for u in utterances if u.split == s}) for s in SPLITS}
     finish_report(report, utterances, ("split", "label", "sentiment"), dialogues=dialogues)
     return Corpus(NAME, utterances, report)
 
 
-def _read_split(root: Path, split: str, label: str, limit: Optional[float], report: CorpusReport) -> list[Utterance]:
+def _annotation_csv(root: Path, split: str) -> Path:
     csv_path = find_path(root, [ANNOTATIONS[split]])
     if csv_path is None:
         raise CorpusError(f"{NAME}: no {ANNOTATIONS[split]} in {root} or one folder down; "
                           f"copy it from MELD.Raw, or pass splits= without {split}")
+    return csv_path
+
+
+def _read_split_text(split: str, csv_path: Path, label: str, report: CorpusReport) -> list[Utterance]:
+    rows = _parse_rows(csv_path, report)
+    turns = _turns(rows)
+    utterances = [_utterance(split, key, row, None, turns[key], label) for key, row in sorted(rows.items())]
+    _note_zero_length_rows(utterances, rows, csv_path, report)
+    return utterances
+
+
+def _read_split(root: Path, split: str, csv_path: Path, label: str, limit: Optional[float],
+                report: CorpusReport) -> list[Utterance]:
     folder = find_path(root, CLIP_FOLDERS[split], want_dir=True)
     if folder is None:
         raise CorpusError(f"{NAME}: no {' or '.join(CLIP_FOLDERS[split])}/ folder in {root} or one folder down; "
-                          f"extract the {split} clips from MELD.Raw")
+                          f"extract the {split} clips from MELD.Raw, or extract text features only")
     rows = _parse_rows(csv_path, report)
     clips = _index_clips(folder, report)
     turns = _turns(rows)
@@ -76,14 +96,20 @@ def _read_split(root: Path, split: str, label: str, limit: Optional[float], repo
             report.skip("clip missing", f"{NAME}/{split}/dia{key[0]}_utt{key[1]}: no clip in {folder}")
             continue
         utterances.append(_utterance(split, key, row, clip, turns[key], label))
-        if row.get("StartTime") and row.get("StartTime") == row.get("EndTime"):
-            note(report, "StartTime equals EndTime",
-                 f"{utterances[-1].id}: StartTime == EndTime in {csv_path.name}; the clip is used as is")
+    _note_zero_length_rows(utterances, rows, csv_path, report)
     for key in sorted(clips.keys() - rows.keys()):
         report.skip("clip without annotation", f"{clips[key]}: no row in {csv_path.name}")
     if limit is not None:
         _check_durations(utterances, limit, report)
     return utterances
+
+
+def _note_zero_length_rows(utterances: list[Utterance], rows: dict, csv_path: Path, report: CorpusReport) -> None:
+    for utt in utterances:
+        row = rows[(utt.extra["dialogue_id"], utt.extra["utterance_id"])]
+        if row.get("StartTime") and row.get("StartTime") == row.get("EndTime"):
+            note(report, "StartTime equals EndTime", f"{utt.id}: StartTime == EndTime in {csv_path.name}; "
+                                                     "the clip is used as is")
 
 
 def _parse_rows(csv_path: Path, report: CorpusReport) -> dict[tuple[int, int], dict]:
@@ -122,7 +148,7 @@ def _index_clips(folder: Path, report: CorpusReport) -> dict[tuple[int, int], Pa
     return clips
 
 
-def _utterance(split: str, key: tuple[int, int], row: dict, clip: Path, turn: int, label: str) -> Utterance:
+def _utterance(split: str, key: tuple[int, int], row: dict, clip: Optional[Path], turn: int, label: str) -> Utterance:
     dialogue, utt = key
     return Utterance(
         id=f"{NAME}/{split}/dia{dialogue}_utt{utt}",
@@ -133,7 +159,7 @@ def _utterance(split: str, key: tuple[int, int], row: dict, clip: Path, turn: in
         turn=turn,
         text=repair_text(row["Utterance"]),
         label=row["Emotion"] if label == "emotion" else row["Sentiment"],
-        audio_path=str(clip),
+        audio_path=None if clip is None else str(clip),
         extra={
             "emotion": row["Emotion"],
             "sentiment": row["Sentiment"],

@@ -53,12 +53,13 @@ class _Segment:
 
 
 @CORPORA.register(NAME)
-def prepare(root, labels_csv=None) -> Corpus:
-    """Read CMU-MOSEI segments; `labels_csv` defaults to `<root>/labels.csv`."""
+def prepare(root, labels_csv=None, *, needs_audio: bool = True) -> Corpus:
+    """Read CMU-MOSEI segments; `labels_csv` defaults to `<root>/labels.csv`.
+    `needs_audio=False`: transcripts and labels only; the segments keep their times."""
     root = require_dir(root, NAME, _EXPECTED)
-    audio_dir = _require_dir(root, AUDIO_DIR)
+    audio_dir = _require_dir(root, AUDIO_DIR) if needs_audio else None
     transcript_dir = _require_dir(root, TRANSCRIPT_DIR)
-    report = CorpusReport(NAME)
+    report = CorpusReport(NAME, audio_read=needs_audio)
     labels = _read_labels(_labels_path(root, labels_csv), report)
     utterances: list[Utterance] = []
     for path in iter_files(transcript_dir, ".txt"):
@@ -76,7 +77,8 @@ def prepare(root, labels_csv=None) -> Corpus:
 def _require_dir(root: Path, name: str) -> Path:
     folder = find_path(root, [name], want_dir=True)
     if folder is None:
-        raise CorpusError(f"{NAME}: no {name}/ in {root} or one folder down; unpack the CMU-MOSEI raw release there")
+        fix = "unpack the CMU-MOSEI raw release there" + (", or extract text features only" if name == AUDIO_DIR else "")
+        raise CorpusError(f"{NAME}: no {name}/ in {root} or one folder down; {fix}")
     return folder
 
 
@@ -105,10 +107,10 @@ def _read_labels(path: Path, report: CorpusReport) -> dict[str, list[dict]]:
     return by_video
 
 
-def _read_video(path: Path, audio_dir: Path, labels: list[dict], report: CorpusReport) -> list[Utterance]:
+def _read_video(path: Path, audio_dir: Optional[Path], labels: list[dict], report: CorpusReport) -> list[Utterance]:
     segments = _read_segments(path, report)
-    wav = audio_dir / f"{path.stem}.wav"
-    duration = _wav_seconds(wav)
+    wav = audio_dir / f"{path.stem}.wav" if audio_dir is not None else None
+    duration = _wav_seconds(wav) if wav is not None else None
     turns = ranks((s.start, s.idx) for s in segments)
     utterances = []
     for seg in segments:
@@ -117,7 +119,7 @@ def _read_video(path: Path, audio_dir: Path, labels: list[dict], report: CorpusR
             report.skip("segment without label", f"{NAME}: {seg.video} segment {seg.idx} has no row in the labels CSV")
             continue
         row["matched"] = True
-        if not wav.is_file():
+        if wav is not None and not wav.is_file():
             report.skip("audio missing", f"{NAME}: {wav} not found; segment {seg.idx} skipped")
             continue
         if duration is not None and seg.start >= duration:
@@ -173,7 +175,7 @@ def _wav_seconds(wav: Path) -> Optional[float]:
     return info.frames / info.samplerate if info.samplerate else None
 
 
-def _utterance(seg: _Segment, row: dict, turn: int, wav: Path) -> Utterance:
+def _utterance(seg: _Segment, row: dict, turn: int, wav: Optional[Path]) -> Utterance:
     extra = {e: to_float(row[e]) for e in EMOTIONS if row.get(e)}
     return Utterance(
         id=f"{NAME}/{seg.video}_{seg.idx}",
@@ -184,7 +186,7 @@ def _utterance(seg: _Segment, row: dict, turn: int, wav: Path) -> Utterance:
         turn=turn,
         text=seg.text,
         label=row["sentiment"],
-        audio_path=str(wav),
+        audio_path=None if wav is None else str(wav),
         start=seg.start,
         end=seg.end,
         extra=extra,
