@@ -177,3 +177,15 @@ def test_an_audio_feature_on_csvs_alone_is_one_line_naming_the_folder(meld_csvs,
                                       "minilm-l6,mfcc40", "--cache", str(tmp_path / "cache"), "--no-progress"])
     assert result.exit_code != 0 and isinstance(result.exception, CorpusError)
     assert "train_splits" in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_text_then_audio_and_audio_then_text_share_one_corpus_manifest(tmp_path):
+    root = make_meld(tmp_path / "corpus")
+    text_first, audio_first = tmp_path / "text-first", tmp_path / "audio-first"
+    extract("meld", root, "minilm-l6", text_first, "--set", "corpus.splits=test")
+    extract("meld", root, "mfcc40", text_first, "--set", "corpus.splits=test")
+    extract("meld", root, "mfcc40", audio_first, "--set", "corpus.splits=test")
+    extract("meld", root, "minilm-l6", audio_first, "--set", "corpus.splits=test")
+    for cache in (text_first, audio_first):
+        stored = {u.id: u for u in read_utterances(cache / "meld" / "utterances.jsonl")}
+        assert len(stored) == 6 and all(u.audio_path and Path(u.audio_path).is_file() for u in stored.values())

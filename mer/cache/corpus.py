@@ -3,7 +3,9 @@ merged under the corpus's `.utterances.lock`, so that runs started together each
 
 A record's INPUTS (text, times, dialogue, turn, audio file name) decide what its features hold: a
 read that gives a stored id other inputs is refused. Its ANNOTATIONS (label, split, fold, speaker,
-extra) do not touch the features: a newer read replaces them (IEMOCAP read as 4class, then 7class)."""
+extra) do not touch the features: a newer read replaces them (IEMOCAP read as 4class, then 7class).
+A read for text features only has no audio file (audio_path None): it matches any, and the file an
+audio read found stays recorded, whichever came first."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import os
 import shlex
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable, Optional
 
@@ -40,11 +43,11 @@ def merge_corpus_manifest(cache_root: Path, corpus: str, utterances: Iterable[Ut
         cannot_write = None
     with held:
         stored = {u.id: u for u in read_utterances(path)} if path.is_file() else {}
-        added, updated = _merge(stored, utterances, path, cache_root, corpus)
-        if (added or updated) and cannot_write is not None:
-            raise ReadOnlyCache(f"{path}: cannot write here, and this read adds or changes {added + updated} "
+        added, updated, gained = _merge(stored, utterances, path, cache_root, corpus)
+        if (added or updated or gained) and cannot_write is not None:
+            raise ReadOnlyCache(f"{path}: cannot write here, and this read adds or changes {added + updated + gained} "
                                 "utterances; pass --cache a writable folder") from cannot_write
-        if added or updated:
+        if added or updated or gained:
             atomic_write_text(path, "".join(u.to_json() + "\n" for u in stored.values()))
         if source is not None and cannot_write is None and read_source(corpus_dir) != source:
             atomic_write_json(corpus_dir / SOURCE_FILE, source)
@@ -52,18 +55,22 @@ def merge_corpus_manifest(cache_root: Path, corpus: str, utterances: Iterable[Ut
 
 
 def _merge(stored: dict[str, Utterance], utterances: Iterable[Utterance], path: Path, cache_root: Path,
-           corpus: str) -> tuple[int, int]:
-    """Merge into `stored` in place; (records added, records whose annotations changed)."""
-    added = updated = 0
+           corpus: str) -> tuple[int, int, int]:
+    """Merge into `stored` in place; (records added, records whose annotations changed, records that
+    gained the audio file a text-only read did not record)."""
+    added = updated = gained = 0
     for utt in utterances:
         old = stored.get(utt.id)
         if old is None:
             added += 1
         else:
+            if utt.audio_path is None:
+                utt = replace(utt, audio_path=old.audio_path)
             _check_same_inputs(old, utt, path, cache_root, corpus)
             updated += _annotations(old) != _annotations(utt)
+            gained += old.audio_path is None and utt.audio_path is not None
         stored[utt.id] = utt
-    return added, updated
+    return added, updated, gained
 
 
 def _inputs(utt: Utterance) -> tuple:
@@ -81,9 +88,11 @@ def _annotations(utt: Utterance) -> tuple:
 
 
 def _check_same_inputs(old: Utterance, new: Utterance, path: Path, cache_root: Path, corpus: str) -> None:
-    if _inputs(old) == _inputs(new):
+    known = len(INPUT_FIELDS) + (old.audio_path is not None)  # a record without audio file matches any
+    old_inputs, new_inputs = _inputs(old)[:known], _inputs(new)[:known]
+    if old_inputs == new_inputs:
         return
-    field = next(name for name, a, b in zip(INPUT_FIELDS + ("audio file",), _inputs(old), _inputs(new)) if a != b)
+    field = next(name for name, a, b in zip(INPUT_FIELDS + ("audio file",), old_inputs, new_inputs) if a != b)
     raise CacheError(f"{path}: utterance {new.id} has another {field} than the cached one, so this is another "
                      f"corpus under the same name: pass --set corpus.name=OTHER, or start over with "
                      f"`mer cache rm {shlex.quote(str(cache_root))} {shlex.quote(corpus)} --yes`")
