@@ -205,6 +205,15 @@ def default_protocol(corpus: str) -> str:
     return DEFAULT_PROTOCOLS.get(corpus, "manifest")
 
 
+HEADLINE_METRICS = {"meld": "weighted_f1"}  # MELD is imbalanced; every other classification protocol: UA
+
+
+def headline_metric(protocol: str, regression: bool = False) -> str:
+    """The metric a protocol's results are compared on (docs/protocols.md): weighted F1 for MELD,
+    UA (mean per-class recall) for IEMOCAP, manifest and demo, MAE for regression (MOSEI)."""
+    return "mae" if regression else HEADLINE_METRICS.get(protocol, "ua")
+
+
 # ----------------------------------------------------------------------------- the protocols
 
 @protocol("meld", "MELD official split: train 9989 / dev 1109 / test 2610 utterances, one fold; the main "

@@ -133,7 +133,8 @@ def plot_curves(run_dir: Path, folds: list, monitor: str) -> None:
         epochs = [h["epoch"] + 1 for h in fold.history]
         loss_ax.plot(epochs, [h["train"]["total"] for h in fold.history], label=f"{fold.fold} train")
         loss_ax.plot(epochs, [h["dev"]["loss"] for h in fold.history], "--", label=f"{fold.fold} dev")
-        metric = monitor if monitor != "loss" else ("accuracy" if "accuracy" in fold.history[0]["dev"] else "mae")
+        dev = fold.history[0]["dev"]
+        metric = monitor if monitor in dev and monitor != "loss" else ("accuracy" if "accuracy" in dev else "mae")
         metric_ax.plot(epochs, [h["dev"].get(metric, np.nan) for h in fold.history], label=fold.fold)
         metric_ax.axvline(fold.best_epoch + 1, color="grey", lw=0.5)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train total, dev task)")
@@ -156,13 +157,19 @@ def _pyplot():
 
 
 def results_table(document: dict, paper: Optional[dict] = None) -> str:
-    """Mean +/- std of each test metric, with the paper's number beside it where there is one."""
+    """Each test metric, with the paper's number beside it where there is one: over several folds
+    the mean +/- the sample std; one fold's value alone (a std over one fold says nothing)."""
     summary = document["summary"]["test"]
     paper = paper or {}
-    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {len(document['folds'])} fold(s))",
+    n = len(document["folds"])
+    how = f"{n} folds, mean +/- std over folds" if n > 1 else "1 fold"
+    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})",
              f"  {'metric':<12} {'ours':>17} {'paper':>8}"]
     for metric, stats in summary.items():
-        ours = "n/a" if stats["mean"] is None else f"{stats['mean']:.4f} +/- {stats['std']:.4f}"
+        if stats["mean"] is None:
+            ours = "n/a"
+        else:
+            ours = f"{stats['mean']:.4f} +/- {stats['std']:.4f}" if n > 1 else f"{stats['mean']:.4f}"
         theirs = f"{paper[metric]:.4f}" if metric in paper else ""
         lines.append(f"  {metric:<12} {ours:>17} {theirs:>8}")
     return "\n".join(lines)

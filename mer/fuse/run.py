@@ -15,7 +15,7 @@ import json
 import shlex
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +24,7 @@ import torch
 from mer import __version__
 from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
-from mer.data.protocols import FoldSet, default_protocol, make_folds
+from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.errors import CacheError, MerError
 from mer.fuse.data import FusionData
 from mer.fuse.models import MODELS, build_model, make_config
@@ -95,7 +95,7 @@ def resolve_config(cfg: FuseConfig) -> FusionConfig:
 def model_features(model: str, config: FusionConfig, corpus: str, settings: dict) -> dict:
     """{"audio": name or None, "text": ...}: the paper's features, the demo's substitutes on a
     demo corpus, or what `--set audio_feature=...` names."""
-    inputs = getattr(MODELS.get(model).model_class, "inputs", ("audio", "text"))
+    inputs = getattr(config, "inputs", None) or getattr(MODELS.get(model).model_class, "inputs", ("audio", "text"))
     demo = corpus.startswith("demo")
     features = {}
     for role in ("audio", "text"):
@@ -156,6 +156,8 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     protocol = cfg.protocol or default_protocol(cfg.corpus)
     fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
     config = resolve_config(cfg)
+    if config.monitor == "headline":
+        config = replace(config, monitor=headline_metric(protocol, fold_set.labels is None))
     features = resolve_features(cache, cfg.corpus, cfg.model, config,
                                 model_features(cfg.model, config, cfg.corpus, cfg.settings))
     folds = _chosen_folds(fold_set, cfg.folds)

@@ -3,7 +3,8 @@
 Per fold: seed, build the optimiser from the model config, then for each epoch train on
 every batch (all loss terms summed, each logged by name), evaluate on dev, keep the best
 state by the config's `monitor`, stop after `patience` epochs without improvement; finally
-reload the best state and predict dev and test."""
+reload the best state and predict dev and test. `monitor="last"` selects nothing: the final
+epoch is kept (a convex probe trained to convergence, like scikit-learn's)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
     model.to(device)
     num_classes = len(labels) if labels else 1
     task_loss = task_loss_for(num_classes, _class_weights(train_targets, num_classes) if trainer.class_weights else None)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(_parameter_groups(model, config.weight_decay), lr=config.lr)
     use_amp = trainer.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     best_score, best_epoch, best_state, epochs_without_gain = math.inf, -1, None, 0
@@ -114,7 +115,7 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
         if math.isfinite(dev_loss):
             dev_metrics = {"loss": dev_loss,
                            **_numbers(compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels))}
-            score = _score(dev_metrics, config.monitor)
+            score = -epoch if config.monitor == "last" else _score(dev_metrics, config.monitor)
         else:  # diverged: the outputs are NaN too, and a NaN epoch must never become the best
             dev_metrics, score = {"loss": dev_loss}, math.nan
         improved = math.isfinite(score) and score < best_score
@@ -176,6 +177,15 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every parameter except those the model names in `no_weight_decay()`
+    (timm's convention; the linear probe's bias, unpenalised like scikit-learn's intercept)."""
+    exempt = set(getattr(model, "no_weight_decay", lambda: ())())
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+
+
 def _class_weights(targets: Optional[np.ndarray], num_classes: int) -> Optional[Tensor]:
     if targets is None or num_classes < 2:
         return None
@@ -186,7 +196,9 @@ def _class_weights(targets: Optional[np.ndarray], num_classes: int) -> Optional[
 
 def _score(metrics: dict, monitor: str) -> float:
     if monitor not in metrics:
-        raise KeyError(f"monitor {monitor!r} is not among the dev metrics {sorted(metrics)}")
+        hint = " ('headline' is resolved per protocol by mer.fuse.run.run_fuse)" if monitor == "headline" else ""
+        raise MerError(f"monitor {monitor!r} is not among the dev metrics {sorted(metrics)}{hint}; "
+                       "e.g. --set monitor=loss")
     value = metrics[monitor]
     return value if monitor in LOWER_IS_BETTER else -value
 

@@ -18,7 +18,7 @@ from torch import nn
 from mer.fuse.models.base import (MODELS, FusionConfig, FusionOutput, ModelEntry, apply_overrides, fusion_losses,
                                   lr_factor, register_model, task_loss_for)
 
-MODEL_MODULES = ("baselines", "mcsan", "cm_roberta", "mcfn", "mfdr", "mgcma")
+MODEL_MODULES = ("baselines", "linear", "mcsan", "cm_roberta", "mcfn", "mfdr", "mgcma")
 
 for _module in MODEL_MODULES:
     importlib.import_module(f"mer.fuse.models.{_module}")

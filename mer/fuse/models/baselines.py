@@ -31,6 +31,7 @@ class BaselineConfig(FusionConfig):
     demo_text_feature: str = "minilm-l6"
     hidden: int = 256
     dropout: float = 0.3
+    input_dropout: float = 0.0  # on the pooled vector, before the MLP
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
@@ -54,9 +55,10 @@ class AudioOnly(nn.Module):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
+        self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
-        return FusionOutput(self.head(mean_max_pool(batch["audio"], batch["audio_mask"])))
+        return FusionOutput(self.head(self.input_dropout(mean_max_pool(batch["audio"], batch["audio_mask"]))))
 
 
 @register_model("text-only", BaselineConfig)
@@ -66,9 +68,10 @@ class TextOnly(nn.Module):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+        self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
-        return FusionOutput(self.head(mean_max_pool(batch["text"], batch["text_mask"])))
+        return FusionOutput(self.head(self.input_dropout(mean_max_pool(batch["text"], batch["text_mask"]))))
 
 
 @register_model("concat", BaselineConfig)
@@ -77,11 +80,12 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = ClassifierHead(2 * (audio_dim + text_dim), num_classes, config.hidden, config.dropout)
+        self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
         audio_pooled = mean_max_pool(batch["audio"], batch["audio_mask"])  # (batch, 2 * audio_dim)
         text_pooled = mean_max_pool(batch["text"], batch["text_mask"])  # (batch, 2 * text_dim)
-        return FusionOutput(self.head(torch.cat([audio_pooled, text_pooled], dim=-1)))
+        return FusionOutput(self.head(self.input_dropout(torch.cat([audio_pooled, text_pooled], dim=-1))))
 
 
 @register_model("late", BaselineConfig)
@@ -91,10 +95,11 @@ class LateFusion(nn.Module):
         self.config, self.num_classes = config, num_classes
         self.audio_head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
         self.text_head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+        self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
-        audio_logits = self.audio_head(mean_max_pool(batch["audio"], batch["audio_mask"]))  # (batch, C)
-        text_logits = self.text_head(mean_max_pool(batch["text"], batch["text_mask"]))
+        audio_logits = self.audio_head(self.input_dropout(mean_max_pool(batch["audio"], batch["audio_mask"])))  # (batch, C)
+        text_logits = self.text_head(self.input_dropout(mean_max_pool(batch["text"], batch["text_mask"])))
         if self.num_classes == 1:
             fused = (audio_logits + text_logits) / 2
         else:  # log of the mean of the two distributions, computed in log space

@@ -1,0 +1,84 @@
+"""Model selection on the protocol's headline metric by default, and what a reader sees in the
+results table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mer.cli import cli
+from mer.data.protocols import headline_metric
+from mer.fuse.models import make_config
+from mer.fuse.models.base import FusionConfig
+from mer.fuse.report import results_table
+
+
+def test_headline_metric_per_protocol():
+    assert headline_metric("meld") == "weighted_f1"
+    assert [headline_metric(p) for p in ("iemocap-loso", "iemocap-10fold", "iemocap7-10fold", "manifest", "demo")] \
+        == ["ua"] * 5
+    assert headline_metric("mosei", regression=True) == "mae"
+    assert headline_metric("manifest", regression=True) == "mae"
+
+
+def test_the_default_monitor_is_the_headline_and_papers_that_name_the_loss_keep_it():
+    assert FusionConfig().monitor == "headline"
+    assert make_config("audio-only").monitor == "headline"
+    assert make_config("cm-roberta").monitor == "loss"  # CM-RoBERTa: early stopping on the validation loss
+
+
+@pytest.fixture(scope="module")
+def mfcc_cache(tmp_path_factory, demo_root):
+    cache = tmp_path_factory.mktemp("recipe-cache")
+    result = CliRunner().invoke(cli, ["extract", "--dataset", "demo", "--set", "corpus.size=40", "--root",
+                                      str(demo_root), "--features", "mfcc40", "--cache", str(cache), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return cache
+
+
+def fuse(cache, out, *extra):
+    return CliRunner().invoke(cli, ["fuse", "--model", "audio-only", "--dataset", "demo-n40-s0", "--cache", str(cache),
+                                    "--out", str(out), "--set", "hidden=8", "--set", "max_epochs=4", *extra])
+
+
+def test_fuse_selects_the_epoch_on_the_headline_metric_unless_told_otherwise(mfcc_cache, tmp_path):
+    result = fuse(mfcc_cache, tmp_path / "ua")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((tmp_path / "ua" / "config.json").read_text())["model_config"]["monitor"] == "ua"
+    history = json.loads((tmp_path / "ua" / "history.json").read_text())["split"]
+    best = json.loads((tmp_path / "ua" / "metrics.json").read_text())["folds"][0]["best_epoch"]
+    dev_ua = [h["dev"]["ua"] for h in history]
+    assert best == dev_ua.index(max(dev_ua))  # the first epoch of the best dev UA
+
+    result = fuse(mfcc_cache, tmp_path / "loss", "--set", "monitor=loss")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((tmp_path / "loss" / "config.json").read_text())["model_config"]["monitor"] == "loss"
+
+
+def test_linear_runs_on_the_one_modality_it_is_given(mfcc_cache, tmp_path):
+    """The demo cache here holds no text feature: `modality=audio` must not ask for one."""
+    result = CliRunner().invoke(cli, ["fuse", "--model", "linear", "--dataset", "demo-n40-s0", "--cache",
+                                      str(mfcc_cache), "--out", str(tmp_path / "run"), "--set", "modality=audio",
+                                      "--set", "max_epochs=3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["features"] == {"audio": "mfcc40", "text": None}
+
+
+def document(folds: list[float]) -> dict:
+    import numpy as np
+
+    return {"model": "m", "corpus": "c", "protocol": "p", "folds": [{"fold": str(i)} for i in range(len(folds))],
+            "summary": {"test": {"accuracy": {"mean": float(np.mean(folds)),
+                                              "std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0}}}}
+
+
+def test_results_table_one_fold_shows_the_value_alone():
+    table = results_table(document([0.5]))
+    assert "+/-" not in table and "0.5000" in table and "1 fold" in table
+
+
+def test_results_table_several_folds_show_mean_std_and_their_number():
+    table = results_table(document([0.5, 0.7, 0.6]), {"accuracy": 0.65})
+    assert "0.6000 +/- 0.1000" in table and "3 folds, mean +/- std" in table and "0.6500" in table
