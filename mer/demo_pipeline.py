@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 DEMO_FEATURES = "mfcc40,logmfb80-d2,opensmile-egemaps,minilm-l6"
-BASELINES = ["audio-only", "text-only", "concat", "late"]
+BASELINES = ["linear", "audio-only", "text-only", "concat", "late"]  # linear: the reference row (docs/baselines.md)
 FUSION_MODELS = ["mcsan", "cm-roberta", "mcfn", "mfdr", "mgcma"]
 
 
@@ -57,12 +57,15 @@ def result_row(model: str, document: dict, history: dict, seconds: float) -> dic
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | audio | text | test acc | UA | W-F1 | epochs | time (s) | aux losses, first -> last epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per model; with a `linear` row, each model's test accuracy minus the probe's (points)."""
+    probe = next((r["accuracy"] for r in rows if r["model"] == "linear"), None)
+    lines = ["| model | audio | text | test acc | vs linear | UA | W-F1 | epochs | time (s) | "
+             "aux losses, first -> last epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         aux = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in r["aux"].items())
+        versus = "" if probe is None or r["model"] == "linear" else f"{100 * (r['accuracy'] - probe):+.1f}"
         lines.append(f"| {r['model']} | {r['features']['audio'] or '-'} | {r['features']['text'] or '-'} | "
-                     f"{r['accuracy']:.3f} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
+                     f"{r['accuracy']:.3f} | {versus} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
                      f"{r['seconds']:.0f} | {aux} |")
     return "\n".join(lines)
 

@@ -82,3 +82,15 @@ def test_results_table_one_fold_shows_the_value_alone():
 def test_results_table_several_folds_show_mean_std_and_their_number():
     table = results_table(document([0.5, 0.7, 0.6]), {"accuracy": 0.65})
     assert "0.6000 +/- 0.1000" in table and "3 folds, mean +/- std" in table and "0.6500" in table
+
+
+def test_demo_table_shows_each_model_against_the_linear_row():
+    from mer.demo_pipeline import format_table
+
+    def row(model, accuracy):
+        return {"model": model, "features": {"audio": "mfcc40", "text": "minilm-l6"}, "seconds": 1.0, "epochs": 3,
+                "accuracy": accuracy, "ua": accuracy, "weighted_f1": accuracy, "aux": {}}
+
+    lines = format_table([row("linear", 0.5), row("concat", 0.62), row("mcsan", 0.455)]).splitlines()
+    assert "vs linear" in lines[0]
+    assert "| +12.0 |" in lines[3] and "| -4.5 |" in lines[4]

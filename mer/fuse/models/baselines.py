@@ -29,11 +29,17 @@ class BaselineConfig(FusionConfig):
     text_feature: str = "roberta-base"
     demo_audio_feature: str = "mfcc40"
     demo_text_feature: str = "minilm-l6"
-    hidden: int = 256
-    dropout: float = 0.3
+    # Few samples, many dimensions. Measured on RAVDESS, 224 training clips a fold, 6 actor folds, mean test accuracy
+    # (docs/baselines.md; one fold's test is 56 clips, so +/- 3 points is noise). ComParE (6373-d): hidden 256 /
+    # dropout 0.3 / weight decay 1e-4 0.592; hidden 64 / dropout 0.5 / weight decay 1e-2 0.601, with input dropout
+    # 0.2 0.607, 0.5 0.658 (probe on the same clips 0.667). eGeMAPS (88-d): 0.574, 0.560, 0.533, (0.5, weight decay
+    # 1e-4) 0.497. Input
+    # dropout helps only many redundant dimensions, so it is off by default: --set input_dropout=0.5 for ComParE.
+    hidden: int = 64
+    dropout: float = 0.5
     input_dropout: float = 0.0  # on the pooled vector, before the MLP
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-2
     batch_size: int = 64
     max_epochs: int = 50
     patience: int = 8
