@@ -33,8 +33,8 @@ class BaselineConfig(FusionConfig):
     # (docs/baselines.md; one fold's test is 56 clips, so +/- 3 points is noise). ComParE (6373-d): hidden 256 /
     # dropout 0.3 / weight decay 1e-4 0.592; hidden 64 / dropout 0.5 / weight decay 1e-2 0.601, with input dropout
     # 0.2 0.607, 0.5 0.658 (probe on the same clips 0.667). eGeMAPS (88-d): 0.574, 0.560, 0.533, (0.5, weight decay
-    # 1e-4) 0.497. Input
-    # dropout helps only many redundant dimensions, so it is off by default: --set input_dropout=0.5 for ComParE.
+    # 1e-4) 0.497. Input dropout helps only many redundant dimensions: off by default; --set input_dropout=0.5
+    # for ComParE.
     hidden: int = 64
     dropout: float = 0.5
     input_dropout: float = 0.0  # on the pooled vector, before the MLP
@@ -104,7 +104,8 @@ class LateFusion(nn.Module):
         self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
-        audio_logits = self.audio_head(self.input_dropout(mean_max_pool(batch["audio"], batch["audio_mask"])))  # (batch, C)
+        audio_pooled = self.input_dropout(mean_max_pool(batch["audio"], batch["audio_mask"]))
+        audio_logits = self.audio_head(audio_pooled)  # (batch, C)
         text_logits = self.text_head(self.input_dropout(mean_max_pool(batch["text"], batch["text_mask"])))
         if self.num_classes == 1:
             fused = (audio_logits + text_logits) / 2
