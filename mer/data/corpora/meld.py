@@ -109,7 +109,7 @@ def _note_zero_length_rows(utterances: list[Utterance], rows: dict, csv_path: Pa
         row = rows[(utt.extra["dialogue_id"], utt.extra["utterance_id"])]
         if row.get("StartTime") and row.get("StartTime") == row.get("EndTime"):
             note(report, "StartTime equals EndTime", f"{utt.id}: StartTime == EndTime in {csv_path.name}; "
-                                                     "the clip is used as is")
+                                                     "kept; the times are not used")
 
 
 def _parse_rows(csv_path: Path, report: CorpusReport) -> dict[tuple[int, int], dict]:
