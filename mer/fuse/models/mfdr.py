@@ -30,7 +30,8 @@ Where the paper is vague, this implementation decides:
      vector: z_i = q_i + sum_j a_ij v_j. The paper calls z the "combining representation" of the
      "acoustic-word combination" stage, yet read literally it holds audio values only, and the words'
      content would reach the classifier through attention weights alone (on the demo corpus, where the
-     text carries half of the emotion, the literal model scores like audio-only). The residual keeps the
+     text carries half of the emotion, seeds 0-2: literal 0.537 mean test accuracy, below both unimodal
+     baselines; with the residual 0.721; docs/models.md). The residual keeps the
      word in z, as every cross-attention layer of the papers MFDR compares with does; `word_residual=false`
      gives the literal reading. No output projection, no dropout. Padding frames are never attended.
   4. AWA (Algorithm 1): threshold = mean of the word's attention over the real frames of its current band;
