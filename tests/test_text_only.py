@@ -189,3 +189,16 @@ def test_text_then_audio_and_audio_then_text_share_one_corpus_manifest(tmp_path)
     for cache in (text_first, audio_first):
         stored = {u.id: u for u in read_utterances(cache / "meld" / "utterances.jsonl")}
         assert len(stored) == 6 and all(u.audio_path and Path(u.audio_path).is_file() for u in stored.values())
+
+
+def test_fuse_without_the_default_text_feature_names_the_cached_one(meld_csvs, tmp_path):
+    """MELD's default text feature (roberta-base) needs hub weights; a cache holding only minilm-l6 says so."""
+    cache = tmp_path / "cache"
+    extract("meld", meld_csvs, "minilm-l6", cache)
+    result = CliRunner().invoke(cli, ["fuse", "--model", "text-only", "--dataset", "meld", "--cache", str(cache),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "\n" not in message and "feature 'roberta-base' is not in the cache" in message
+    assert message.endswith("or read one that is cached: --set text_feature=minilm-l6")
+    assert fuse_text_only(cache, "meld", tmp_path / "run")["protocol"] == "meld"  # the suggested setting trains

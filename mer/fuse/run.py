@@ -123,7 +123,7 @@ def pick_config(cache: FeatureCache, corpus: str, model: str, config: FusionConf
     if not found:
         fix = {"granularity": accepted[0]} if accepted and role == "text" else {}  # every text extractor has it
         raise CacheError(f"{cache.root / corpus}: feature {feature!r} is not in the cache; run "
-                         f"{extract_command(cache.root, corpus, name, fix)}")
+                         f"{extract_command(cache.root, corpus, name, fix)}{_cached_instead(cache, corpus, role, accepted)}")
     ranked = [[f for f in found if f.spec.granularity == g] for g in accepted] if accepted else [found]
     fitting = next((group for group in ranked if group), None)
     if fitting is None:
@@ -133,6 +133,16 @@ def pick_config(cache: FeatureCache, corpus: str, model: str, config: FusionConf
         raise CacheError(f"{cache.root / corpus}: {feature!r} exists in several configs {model} can read "
                          f"({options}); name one, e.g. --set {role}_feature={name}@{fitting[0].config_hash}")
     return feature if len(found) == 1 else f"{name}@{fitting[0].config_hash}"
+
+
+def _cached_instead(cache: FeatureCache, corpus: str, role: str, accepted: list) -> str:
+    """', or read one that is cached: --set text_feature=minilm-l6' when the cache holds a feature the model can read."""
+    names = sorted({f.name for f in cache.features(corpus)
+                    if f.spec.modality == role and (not accepted or f.spec.granularity in accepted)})
+    if not names:
+        return ""
+    return f", or read one that is cached: --set {role}_feature={names[0]}" + \
+        (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
 
 
 def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: FusionConfig, role: str, name: str,
@@ -395,17 +405,34 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
                            batching=config.batching)
 
     train_loader = loader("train", True)
+    refit_loader = refit_loader_of(data, config, seed) if getattr(config, "refit_on_dev", False) else None
 
-    def train_batches(epoch: int):
-        train_loader.batch_sampler.set_epoch(epoch)
-        return train_loader
+    def batches_of(loader):
+        def batches(epoch: int):
+            loader.batch_sampler.set_epoch(epoch)
+            return loader
+        return batches
 
     train_targets = [data.label_of[i] for i in data.ids["train"]] if data.labels else None
-    result = train_fold(model, config, job.trainer, job.fold, train_batches, lambda: loader("dev", False),
+    result = train_fold(model, config, job.trainer, job.fold, batches_of(train_loader), lambda: loader("dev", False),
                         lambda: loader("test", False), list(data.labels) if data.labels else None,
-                        train_targets, log)
+                        train_targets, log, refit_batches=batches_of(refit_loader) if refit_loader else None,
+                        train_size=len(data.ids["train"]), refit_size=len(data.ids["train"]) + len(data.ids["dev"]))
     result.norm_stats = data.norm_stats
     return result
+
+
+def refit_loader_of(data: FusionData, config: FusionConfig, seed: int):
+    """Shuffled batches of train + dev together (the refit after dev chose the epoch count); the inputs
+    stay normalised with the training split's statistics."""
+    from torch.utils.data import DataLoader
+
+    from mer.fuse.data import BucketBatchSampler, FusionDataset
+
+    dataset = FusionDataset(data.samples["train"] + data.samples["dev"], data.sample_unit, data.sources, data.lengths,
+                            data.label_of, data.memory, data.max_open_shards)
+    sampler = BucketBatchSampler(dataset.sort_keys(), config.batch_size, True, seed, 4, False, config.batching)
+    return DataLoader(dataset, collate_fn=data.collate, batch_sampler=sampler)
 
 
 def _save_checkpoint(path: Path, state_dict: dict) -> None:
