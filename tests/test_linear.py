@@ -1,6 +1,6 @@
 """The `linear` model: multinomial logistic regression trained by the one trainer equals
-scikit-learn's LogisticRegression with the same L2 (weight_decay = 1 / (C * n), the bias
-unpenalised)."""
+scikit-learn's LogisticRegression with the same C (the trainer derives weight_decay = 1 / (C * n)
+from the training size, the bias unpenalised)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mer.fuse.models import build_model, make_config
-from mer.fuse.trainer import TrainerConfig, _parameter_groups, train_fold
+from mer.errors import MerError
+from mer.fuse.trainer import TrainerConfig, _parameter_groups, train_fold, weight_decay_of
 
 LABELS = ["a", "b", "c"]
 
@@ -35,12 +36,12 @@ def test_linear_probe_matches_sklearn_logistic_regression():
     x, y = toy_set()
     c = 0.5
     reference = LogisticRegression(C=c, max_iter=10000, tol=1e-10).fit(x, y)
-    config = make_config("linear", modality="audio", weight_decay=1 / (c * len(y)), lr=0.05, max_epochs=600,
+    config = make_config("linear", modality="audio", C=c, lr=0.05, max_epochs=600,
                          patience=None, monitor="last", lr_schedule="step:0.5:0.1")
     model = build_model("linear", len(LABELS), {"audio": x.shape[1], "text": None}, config)
     batch = one_batch(x, y)
     train_fold(model, config, TrainerConfig(), "toy", lambda epoch: [batch], lambda: [batch], lambda: [batch],
-               LABELS, log=lambda line: None)
+               LABELS, log=lambda line: None, train_size=len(y))
     with torch.no_grad():
         probabilities = model(batch).logits.softmax(-1).numpy()
     assert np.abs(probabilities - reference.predict_proba(x)).max() < 0.01
@@ -68,3 +69,33 @@ def test_modality_picks_the_pooled_inputs(modality, dim):
     batch = {"audio": torch.randn(2, 7, 4), "audio_mask": torch.ones(2, 7, dtype=torch.bool),
              "text": torch.randn(2, 3, 5), "text_mask": torch.ones(2, 3, dtype=torch.bool)}
     assert model(batch).logits.shape == (2, 3)
+
+
+def test_c_gives_the_weight_decay_from_the_folds_training_size():
+    config = make_config("linear", C=0.1)
+    assert config.weight_decay_for(224) == pytest.approx(1 / (0.1 * 224))  # RAVDESS: 0.0446
+    assert weight_decay_of(config, 7551) == pytest.approx(1 / (0.1 * 7551))  # EmoryNLP's training split
+    assert weight_decay_of(make_config("audio-only", weight_decay=0.01), 224) == 0.01  # other models: their own
+    with pytest.raises(MerError, match="training size"):
+        weight_decay_of(config, None)
+    with pytest.raises(MerError, match="C must be positive"):
+        make_config("linear", C=0)
+
+
+def test_the_trainer_decays_the_probe_by_its_c_and_the_training_size(monkeypatch):
+    """The optimiser the trainer builds carries 1 / (C n) for the n it is told, not a fixed number."""
+    seen = []
+    original = torch.optim.Adam
+
+    def spy(groups, **kwargs):
+        seen.append([g["weight_decay"] for g in groups])
+        return original(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    x, y = toy_set(n_per_class=5)
+    batch = one_batch(x, y)
+    config = make_config("linear", modality="audio", C=0.5, max_epochs=1)
+    model = build_model("linear", len(LABELS), {"audio": x.shape[1], "text": None}, config)
+    train_fold(model, config, TrainerConfig(), "toy", lambda epoch: [batch], lambda: [batch], lambda: [batch],
+               LABELS, log=lambda line: None, train_size=15)
+    assert seen == [[pytest.approx(1 / (0.5 * 15)), 0.0]]

@@ -94,3 +94,63 @@ def test_demo_table_shows_each_model_against_the_linear_row():
     lines = format_table([row("linear", 0.5), row("concat", 0.62), row("mcsan", 0.455)]).splitlines()
     assert "vs linear" in lines[0]
     assert "| +12.0 |" in lines[3] and "| -4.5 |" in lines[4]
+
+
+def toy_batches(seed: int, n: int = 24, dim: int = 6) -> list[dict]:
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(0, 1, (n, dim)) + y[:, None]
+    return [{"audio": torch.tensor(x, dtype=torch.float32)[:, None, :], "audio_mask": torch.ones(n, 1, dtype=torch.bool),
+             "label": torch.tensor(y), "ids": [f"s{seed}-{i}" for i in range(n)]}]
+
+
+def test_refit_on_dev_retrains_from_the_same_start_on_train_and_dev_for_the_chosen_epochs():
+    import torch
+
+    from mer.fuse.models import build_model
+    from mer.fuse.trainer import TrainerConfig, train_fold
+
+    train, dev, test = toy_batches(0), toy_batches(1), toy_batches(2)
+    refit_epochs = []
+
+    def refit(epoch):
+        refit_epochs.append(epoch)
+        return train + dev
+
+    def run(config, refit_batches=None):
+        torch.manual_seed(0)
+        model = build_model("audio-only", 3, {"audio": 6, "text": None}, config)
+        result = train_fold(model, config, TrainerConfig(), "toy", lambda epoch: train, lambda: dev, lambda: test,
+                            ["a", "b", "c"], log=lambda line: None, refit_batches=refit_batches)
+        return model, result
+
+    config = make_config("audio-only", hidden=8, max_epochs=12, patience=None, monitor="ua", refit_on_dev=True)
+    model, result = run(config, refit)
+    chosen = result.best_epoch + 1
+    assert refit_epochs == list(range(chosen))  # as many epochs as dev chose, no selection
+
+    # the same as training that model from scratch on train + dev for that many epochs, keeping the last
+    plain = make_config("audio-only", hidden=8, max_epochs=chosen, patience=None, monitor="last")
+    torch.manual_seed(0)
+    reference = build_model("audio-only", 3, {"audio": 6, "text": None}, plain)
+    train_fold(reference, plain, TrainerConfig(), "toy", lambda epoch: train + dev, lambda: dev, lambda: test,
+               ["a", "b", "c"], log=lambda line: None)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(result.state_dict[name], value), name  # the returned (checkpointed) state is the refit
+        assert torch.equal(model.state_dict()[name], value)
+    # the test predictions are the refit model's; the dev metrics the selected model's (dev is training data after)
+    selected, selected_result = run(make_config("audio-only", hidden=8, max_epochs=12, patience=None, monitor="ua"))
+    assert selected_result.best_epoch == result.best_epoch and selected_result.dev == result.dev
+    with torch.no_grad():
+        refit_probabilities = reference(test[0]).logits.softmax(-1).numpy()
+    assert abs(result.test_predictions.outputs - refit_probabilities).max() < 1e-6
+
+
+def test_fuse_refits_on_train_and_dev_when_asked(mfcc_cache, tmp_path):
+    result = fuse(mfcc_cache, tmp_path / "refit", "--set", "refit_on_dev=true")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    best = json.loads((tmp_path / "refit" / "metrics.json").read_text())["folds"][0]["best_epoch"]
+    assert f"refit on train + dev: {best + 1} epochs" in result.output

@@ -4,7 +4,13 @@ Per fold: seed, build the optimiser from the model config, then for each epoch t
 every batch (all loss terms summed, each logged by name), evaluate on dev, keep the best
 state by the config's `monitor`, stop after `patience` epochs without improvement; finally
 reload the best state and predict dev and test. `monitor="last"` selects nothing: the final
-epoch is kept (a convex probe trained to convergence, like scikit-learn's)."""
+epoch is kept (a convex probe trained to convergence, like scikit-learn's).
+
+`refit_on_dev` (a model config field; the run passes `refit_batches`, train + dev): once dev
+has chosen the epoch count, the model restarts from the same initial weights, seed and
+optimiser and trains on train + dev for that many epochs, with no selection; the test
+predictions and the returned state are that refit model's, the dev metrics and predictions
+the selected one's (after the refit dev is training data)."""
 
 from __future__ import annotations
 
@@ -73,44 +79,29 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, fold: str,
                train_batches: Callable[[int], Iterable[dict]], dev_batches: Callable[[], Iterable[dict]],
                test_batches: Callable[[], Iterable[dict]], labels: Optional[list[str]],
-               train_targets: Optional[np.ndarray] = None, log: Callable[[str], None] = print) -> FoldResult:
+               train_targets: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
+               refit_batches: Optional[Callable[[int], Iterable[dict]]] = None,
+               train_size: Optional[int] = None, refit_size: Optional[int] = None) -> FoldResult:
     """`train_batches(epoch)` yields the training batches of one epoch (shuffled by epoch);
-    `dev_batches()` and `test_batches()` yield evaluation batches."""
+    `dev_batches()` and `test_batches()` yield evaluation batches; `refit_batches(epoch)`, those
+    of train + dev (used when the config's `refit_on_dev` is on). `train_size`, `refit_size`: the
+    utterances trained on, for a config whose weight decay depends on it (`weight_decay_for(n)`:
+    the linear probe's 1 / (C n))."""
     seed_everything(trainer.seed, trainer.deterministic)
     device = torch.device(trainer.device)
     model.to(device)
+    initial_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     num_classes = len(labels) if labels else 1
     task_loss = task_loss_for(num_classes, _class_weights(train_targets, num_classes) if trainer.class_weights else None)
-    optimiser = torch.optim.Adam(_parameter_groups(model, config.weight_decay), lr=config.lr)
+    optimiser = torch.optim.Adam(_parameter_groups(model, weight_decay_of(config, train_size)), lr=config.lr)
     use_amp = trainer.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     best_score, best_epoch, best_state, epochs_without_gain = math.inf, -1, None, 0
     history = []
     for epoch in range(config.max_epochs):
         started = time.time()
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr * lr_factor(config.lr_schedule, epoch, config.max_epochs)
-        model.train()
-        train_terms: dict[str, float] = {}
-        batches = 0
-        for batch in train_batches(epoch):
-            batch = _to_device(batch, device)
-            with torch.autocast(device.type, enabled=use_amp):
-                output = model(batch)
-                terms = fusion_losses(model, output, batch["label"], task_loss)
-                total = sum(terms.values())
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if trainer.grad_clip:
-                scaler.unscale_(optimiser)
-                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
-            for name, value in terms.items():
-                train_terms[name] = train_terms.get(name, 0.0) + float(value.detach())
-            train_terms["total"] = train_terms.get("total", 0.0) + float(total.detach())
-            batches += 1
-        train_terms = {name: value / max(1, batches) for name, value in train_terms.items()}
+        train_terms = _train_epoch(model, config, trainer, optimiser, scaler, train_batches(epoch), epoch, task_loss,
+                                   device, use_amp)
         dev_loss, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
         if math.isfinite(dev_loss):
             dev_metrics = {"loss": dev_loss,
@@ -137,11 +128,66 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
                        f"best checkpoint; training diverged: lower the learning rate, e.g. --set lr={config.lr / 10:g}")
     model.load_state_dict(best_state)
     _, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
+    if getattr(config, "refit_on_dev", False) and refit_batches is not None:
+        best_state = _refit(model, config, trainer, initial_state, best_epoch + 1, refit_batches, task_loss,
+                            weight_decay_of(config, refit_size), device, use_amp, fold, log)
     _, test_predictions = evaluate(model, test_batches(), task_loss, device, use_amp)
     return FoldResult(fold, best_epoch, history,
                       compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels),
                       compute_metrics(test_predictions.targets, test_predictions.predicted, labels),
                       dev_predictions, test_predictions, best_state)
+
+
+def weight_decay_of(config: FusionConfig, train_size: Optional[int]) -> float:
+    """The config's weight decay, or, for a config that derives it from the training size, that."""
+    derive = getattr(config, "weight_decay_for", None)
+    if derive is None:
+        return config.weight_decay
+    if not train_size:
+        raise MerError(f"{type(config).__name__} derives its weight decay from the training size; none was given")
+    return derive(train_size)
+
+
+def _train_epoch(model, config, trainer, optimiser, scaler, batches, epoch, task_loss, device, use_amp) -> dict:
+    """One pass over `batches` (the learning rate set by the schedule first); the mean of each loss term."""
+    for group in optimiser.param_groups:
+        group["lr"] = config.lr * lr_factor(config.lr_schedule, epoch, config.max_epochs)
+    model.train()
+    train_terms: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with torch.autocast(device.type, enabled=use_amp):
+            output = model(batch)
+            terms = fusion_losses(model, output, batch["label"], task_loss)
+            total = sum(terms.values())
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if trainer.grad_clip:
+            scaler.unscale_(optimiser)
+            nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+        scaler.step(optimiser)
+        scaler.update()
+        for name, value in terms.items():
+            train_terms[name] = train_terms.get(name, 0.0) + float(value.detach())
+        train_terms["total"] = train_terms.get("total", 0.0) + float(total.detach())
+        count += 1
+    return {name: value / max(1, count) for name, value in train_terms.items()}
+
+
+def _refit(model, config, trainer, initial_state, epochs, refit_batches, task_loss, decay, device, use_amp, fold,
+           log) -> dict:
+    """The same model from its initial weights, seed and a new optimiser, trained `epochs` epochs on
+    train + dev with no selection; returns its final state (left loaded in `model`)."""
+    seed_everything(trainer.seed, trainer.deterministic)
+    model.load_state_dict(initial_state)
+    optimiser = torch.optim.Adam(_parameter_groups(model, decay), lr=config.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    for epoch in range(epochs):
+        terms = _train_epoch(model, config, trainer, optimiser, scaler, refit_batches(epoch), epoch, task_loss, device,
+                             use_amp)
+    log(f"[{fold}] refit on train + dev: {epochs} epochs (the dev-selected count), train loss {terms['total']:.4f}")
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 @torch.no_grad()

@@ -38,6 +38,8 @@ class BaselineConfig(FusionConfig):
     hidden: int = 64
     dropout: float = 0.5
     input_dropout: float = 0.0  # on the pooled vector, before the MLP
+    skip: bool = False  # logits = Linear(x) + MLP(x): a linear probe inside every head
+    refit_on_dev: bool = False  # after dev chose the epoch count, retrain on train + dev that long (mer.fuse.trainer)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     batch_size: int = 64
@@ -47,6 +49,18 @@ class BaselineConfig(FusionConfig):
     @classmethod
     def tiny(cls) -> "BaselineConfig":
         return cls(hidden=8, batch_size=4, max_epochs=2)
+
+
+class BaselineHead(ClassifierHead):
+    """The MLP head, plus (config.skip) a Linear layer straight from the pooled vector to the logits, summed."""
+
+    def __init__(self, in_dim: int, num_classes: int, config: BaselineConfig):
+        super().__init__(in_dim, num_classes, config.hidden, config.dropout)
+        self.skip = nn.Linear(in_dim, num_classes) if config.skip else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.net(x)
+        return logits if self.skip is None else logits + self.skip(x)
 
 
 def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
@@ -60,7 +74,7 @@ class AudioOnly(nn.Module):
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        self.head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
+        self.head = BaselineHead(2 * audio_dim, num_classes, config)
         self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
@@ -73,7 +87,7 @@ class TextOnly(nn.Module):
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        self.head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+        self.head = BaselineHead(2 * text_dim, num_classes, config)
         self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
@@ -85,7 +99,7 @@ class ConcatFusion(nn.Module):
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        self.head = ClassifierHead(2 * (audio_dim + text_dim), num_classes, config.hidden, config.dropout)
+        self.head = BaselineHead(2 * (audio_dim + text_dim), num_classes, config)
         self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
@@ -99,8 +113,8 @@ class LateFusion(nn.Module):
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        self.audio_head = ClassifierHead(2 * audio_dim, num_classes, config.hidden, config.dropout)
-        self.text_head = ClassifierHead(2 * text_dim, num_classes, config.hidden, config.dropout)
+        self.audio_head = BaselineHead(2 * audio_dim, num_classes, config)
+        self.text_head = BaselineHead(2 * text_dim, num_classes, config)
         self.input_dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, batch: dict) -> FusionOutput:

@@ -6,9 +6,10 @@ feature: the vector itself), of the inputs the loader has already z-normalised w
 training split's statistics; `modality` picks "audio", "text" or "both" (concatenated). One
 Linear layer gives the logits (regression: one output, L1 loss like every model). The L2
 penalty is the trainer's weight decay on the weights only (`no_weight_decay` exempts the
-bias, as scikit-learn does not penalise the intercept): scikit-learn's C on n training
-samples is weight_decay = 1 / (C * n), since it minimises C * sum(loss) + |w|^2 / 2 and the
-trainer mean(loss) + weight_decay * |w|^2 / 2.
+bias, as scikit-learn does not penalise the intercept). `C` is scikit-learn's: the trainer
+derives weight_decay = 1 / (C * n) from the fold's n training utterances (weight_decay_for),
+since scikit-learn minimises C * sum(loss) + |w|^2 / 2 and the trainer mean(loss) +
+weight_decay * |w|^2 / 2.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ class LinearConfig(FusionConfig):
     # Full batch (up to 4096 utterances), trained to convergence and the last epoch kept like scikit-learn
     # (no selection on a small, noisy dev fold). RAVDESS ComParE, 6 folds, mean test accuracy (docs/baselines.md):
     # best dev UA epoch of 300 0.649, last of 200 0.652; scikit-learn on the same training clips 0.667.
-    # weight_decay 0.0446 = 1 / (C n): scikit-learn's C = 0.1 on the 224 training clips of a RAVDESS fold.
-    weight_decay: float = 0.0446
+    # scikit-learn's C (inverse L2 strength): the trainer's weight decay is 1 / (C n) on the fold's n training
+    # utterances (weight_decay_for), so C means the same on any corpus; `weight_decay` is not read.
+    C: float = 0.1
+    refit_on_dev: bool = False  # the last epoch's count again on train + dev (mer.fuse.trainer)
     dropout: float = 0.0
     lr: float = 1e-2
     batch_size: int = 4096
@@ -50,6 +53,12 @@ class LinearConfig(FusionConfig):
         if self.modality not in MODALITIES:
             raise MerError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}; "
                            "e.g. --set modality=audio")
+        if not self.C > 0:
+            raise MerError(f"C must be positive (scikit-learn's inverse L2 strength), got {self.C!r}; e.g. --set C=0.1")
+
+    def weight_decay_for(self, train_size: int) -> float:
+        """scikit-learn minimises C * sum(loss) + |w|^2 / 2; the trainer mean(loss) + weight_decay * |w|^2 / 2."""
+        return 1.0 / (self.C * train_size)
 
     @property
     def inputs(self) -> tuple[str, ...]:
