@@ -154,3 +154,19 @@ def test_fuse_refits_on_train_and_dev_when_asked(mfcc_cache, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     best = json.loads((tmp_path / "refit" / "metrics.json").read_text())["folds"][0]["best_epoch"]
     assert f"refit on train + dev: {best + 1} epochs" in result.output
+
+
+def test_input_dropout_only_on_features_with_many_dimensions():
+    config = make_config("audio-only")
+    assert config.input_dropout == 0.5 and config.input_dropout_min_dim == 1000 and config.refit_on_dev
+    from mer.fuse.models import build_model
+
+    def rates(model_name, audio_dim, text_dim):
+        model = build_model(model_name, 7, {"audio": audio_dim, "text": text_dim}, config)
+        return [m.input_dropout.p for m in model.modules() if hasattr(m, "input_dropout")]
+
+    assert rates("audio-only", 6373, None) == [0.5]  # ComParE
+    assert rates("audio-only", 88, None) == [0.0]  # eGeMAPS
+    assert rates("text-only", None, 384) == [0.0]  # a sentence embedding
+    assert rates("concat", 88, 1024) == [0.5]  # the concatenated vector's dimensions count
+    assert rates("late", 6373, 384) == [0.5, 0.0]  # each head its own
