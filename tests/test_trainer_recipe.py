@@ -25,7 +25,7 @@ def test_headline_metric_per_protocol():
 
 def test_the_default_monitor_is_the_headline_and_papers_that_name_the_loss_keep_it():
     assert FusionConfig().monitor == "headline"
-    assert make_config("audio-only").monitor == "headline"
+    assert make_config("audio-only").monitor == "last"  # baselines: no selection, refit on train + dev
     assert make_config("cm-roberta").monitor == "loss"  # CM-RoBERTa: early stopping on the validation loss
 
 
@@ -44,7 +44,7 @@ def fuse(cache, out, *extra):
 
 
 def test_fuse_selects_the_epoch_on_the_headline_metric_unless_told_otherwise(mfcc_cache, tmp_path):
-    result = fuse(mfcc_cache, tmp_path / "ua")
+    result = fuse(mfcc_cache, tmp_path / "ua", "--set", "monitor=headline", "--set", "patience=8")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((tmp_path / "ua" / "config.json").read_text())["model_config"]["monitor"] == "ua"
     history = json.loads((tmp_path / "ua" / "history.json").read_text())["split"]
@@ -150,7 +150,7 @@ def test_refit_on_dev_retrains_from_the_same_start_on_train_and_dev_for_the_chos
 
 
 def test_fuse_refits_on_train_and_dev_when_asked(mfcc_cache, tmp_path):
-    result = fuse(mfcc_cache, tmp_path / "refit", "--set", "refit_on_dev=true")
+    result = fuse(mfcc_cache, tmp_path / "refit", "--set", "refit_on_dev=true", "--set", "monitor=headline")
     assert result.exit_code == 0, result.output + repr(result.exception)
     best = json.loads((tmp_path / "refit" / "metrics.json").read_text())["folds"][0]["best_epoch"]
     assert f"refit on train + dev: {best + 1} epochs" in result.output
@@ -159,6 +159,7 @@ def test_fuse_refits_on_train_and_dev_when_asked(mfcc_cache, tmp_path):
 def test_input_dropout_only_on_features_with_many_dimensions():
     config = make_config("audio-only")
     assert config.input_dropout == 0.5 and config.input_dropout_min_dim == 1000 and config.refit_on_dev
+    assert (config.monitor, config.max_epochs, config.patience) == ("last", 30, None)
     from mer.fuse.models import build_model
 
     def rates(model_name, audio_dim, text_dim):
