@@ -288,13 +288,13 @@ def test_predict_decodes_the_whole_file_for_features_that_depend_on_all_of_it(ca
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("max_epochs=-1", "max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=50"),
-    ("max_epochs=2.5", "--set max_epochs=2.5: max_epochs expects an integer, e.g. --set max_epochs=50"),
+    ("max_epochs=-1", "max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=30"),
+    ("max_epochs=2.5", "--set max_epochs=2.5: max_epochs expects an integer, e.g. --set max_epochs=30"),
     ("lr=abc", "--set lr=abc: lr expects a number, e.g. --set lr=0.001"),
     ("lr=0", "lr must be a number > 0, got 0.0; e.g. --set lr=0.001"),
     ("batch_size=0", "batch_size must be an integer >= 1, got 0; e.g. --set batch_size=64"),
-    ("patience=0", "patience must be an integer >= 1 or none, got 0; e.g. --set patience=8"),
-    ("dropout=1", "dropout must be a number in [0, 1), got 1.0; e.g. --set dropout=0.3"),
+    ("patience=0", "patience must be an integer >= 1 or none, got 0; e.g. --set patience=10"),
+    ("dropout=1", "dropout must be a number in [0, 1), got 1.0; e.g. --set dropout=0.5"),
 ])
 def test_bad_settings_are_one_line_before_anything_is_written(cache, tmp_path, setting, message):
     result = mer("fuse", "--model", "concat", "--dataset", CORPUS, "--cache", str(cache), "--out",
@@ -308,7 +308,7 @@ def test_bad_setting_through_the_installed_command_is_one_line_exit_2(cache, tmp
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == \
-        "error: max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=50"
+        "error: max_epochs must be an integer >= 1, got -1; e.g. --set max_epochs=30"
 
 
 def nan_losses(monkeypatch, nan_calls):
