@@ -19,18 +19,9 @@ from tests.fixtures.corpora import (
     IEMOCAP_MISSING_WAV, IEMOCAP_TEXT_COUNTS, MELD_TEXT_COUNTS, TEXT_MANIFEST_ROWS, iemocap_text, make_iemocap,
     make_manifest, make_meld, make_mosei, make_text_manifest,
 )
+from tests.test_corpora import one_line_error
 
 TEXT_ONLY = False  # prepare(name, root, needs_audio, ...): what `mer extract` passes for text features only
-
-
-def one_line_error(call, *needles) -> str:
-    with pytest.raises(CorpusError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert str(needle) in message, message
-    return message
 
 
 def invoke(*args) -> str:
