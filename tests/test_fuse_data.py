@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from mer.cache.reader import FeatureCache
 from mer.cache.writer import FeatureWriter
 from mer.data.protocols import Fold
-from mer.data.utterance import Utterance, write_utterances
+from mer.cache.corpus import merge_corpus_manifest
+from mer.data.utterance import Utterance
 from mer.errors import MerError
 from mer.extract.base import FeatureSpec
 from mer.fuse.data import (BucketBatchSampler, FusionCollate, FusionData, NormStats, padding_ratio,
@@ -77,7 +78,7 @@ def cache(tmp_path_factory):
     utts = utterances()
     rng = np.random.default_rng(0)
     # manifest order is shuffled: dialogue order must come from `turn`, not from the file
-    write_utterances(root / CORPUS / "utterances.jsonl", [utts[i] for i in rng.permutation(len(utts))])
+    merge_corpus_manifest(root, CORPUS, [utts[i] for i in rng.permutation(len(utts))])
     ids = [u.id for u in utts]
     for name, (spec, make, skip, failed) in FEATURES.items():
         writer = FeatureWriter(root, CORPUS, spec)

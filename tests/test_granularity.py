@@ -14,7 +14,8 @@ from mer.cache.corpus import SOURCE_FILE
 from mer.cache.reader import FeatureCache
 from mer.cache.writer import FeatureWriter
 from mer.cli import cli
-from mer.data.utterance import Utterance, write_utterances
+from mer.cache.corpus import merge_corpus_manifest
+from mer.data.utterance import Utterance
 from mer.errors import MerError
 from mer.extract.base import FeatureSpec
 from mer.fuse.models import make_config, model_names
@@ -48,7 +49,7 @@ def write(root, spec):
 
 @pytest.fixture
 def root(tmp_path):
-    write_utterances(tmp_path / CORPUS / "utterances.jsonl", [Utterance(id=i, corpus=CORPUS) for i in IDS])
+    merge_corpus_manifest(tmp_path, CORPUS, [Utterance(id=i, corpus=CORPUS) for i in IDS])
     (tmp_path / CORPUS / SOURCE_FILE).write_text(json.dumps({"dataset": "demo", "root": "/data/toy", "options": {}}))
     write(tmp_path, audio_spec("logmfb80-d2", "frame"))
     return tmp_path

@@ -38,10 +38,8 @@ def removal_target(cache_root: Path, corpus: str, feature: Optional[str] = None)
 
 
 def _feature_dir(cache: FeatureCache, corpus: str, feature: str, listing: str) -> Path:
-    name, _, config_hash = feature.partition("@")
-    matches = [f for f in cache.features(corpus) if f.directory.name.split("@")[0] == name or f.name == name]
-    matches = [f for f in matches if f.config_hash.startswith(config_hash)]
-    if not is_plain_name(feature) or not matches:
+    matches = cache.configs(corpus, feature) if is_plain_name(feature) else []
+    if not matches:
         raise CacheError(f"{cache.root / corpus}: the cache lists no feature {feature!r} (give a name, not a path); "
                          f"{listing}")
     if len(matches) > 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -91,23 +90,6 @@ class Corpus:
 
     def by_id(self) -> dict[str, Utterance]:
         return {u.id: u for u in self.utterances}
-
-
-def write_utterances(path: Path, utterances: Iterable[Utterance]) -> None:
-    """Merge records into a JSONL file (new records replace old ones by id), atomically but without a lock:
-    a cache's corpus manifest is merged by mer.cache.corpus.merge_corpus_manifest, which locks and checks."""
-    path = Path(path)
-    merged: dict[str, Utterance] = {u.id: u for u in read_utterances(path)} if path.exists() else {}
-    for utt in utterances:
-        merged[utt.id] = utt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for utt in merged.values():
-            f.write(utt.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_utterances(path: Path) -> list[Utterance]:
