@@ -90,7 +90,7 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
     seed_everything(trainer.seed, trainer.deterministic)
     device = torch.device(trainer.device)
     model.to(device)
-    initial_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    initial_state = _state_copy(model)
     num_classes = len(labels) if labels else 1
     task_loss = task_loss_for(num_classes, _class_weights(train_targets, num_classes) if trainer.class_weights else None)
     optimiser = torch.optim.Adam(_parameter_groups(model, weight_decay_of(config, train_size)), lr=config.lr)
@@ -112,7 +112,7 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
         improved = math.isfinite(score) and score < best_score
         if improved:
             best_score, best_epoch, epochs_without_gain = score, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = _state_copy(model)
         else:
             epochs_without_gain += 1
         history.append({"epoch": epoch, "lr": optimiser.param_groups[0]["lr"], "train": train_terms,
@@ -187,7 +187,7 @@ def _refit(model, config, trainer, initial_state, epochs, refit_batches, task_lo
         terms = _train_epoch(model, config, trainer, optimiser, scaler, refit_batches(epoch), epoch, task_loss, device,
                              use_amp)
     log(f"[{fold}] refit on train + dev: {epochs} epochs (the dev-selected count), train loss {terms['total']:.4f}")
-    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return _state_copy(model)
 
 
 @torch.no_grad()
@@ -221,6 +221,11 @@ def _flat_ids(ids) -> list[str]:
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _state_copy(model: nn.Module) -> dict:
+    """The model's weights, copied to the CPU (a best or initial state kept while training goes on)."""
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
