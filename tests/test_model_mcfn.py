@@ -1,6 +1,7 @@
 """MCFN specifics beyond the parametrised test of every model (tests/test_models.py): SpecAugment,
 the masked BatchNorm, the dual attention and co-attention masks, the mutual-adjustment loss,
-the decision fusion (eq. 8-9), the named loss terms (eq. 11) and the ablation switches."""
+the decision fusion (eq. 8-9), the named loss terms (eq. 11), the ablation switches and the
+unimodal variants (Table 3's speech only / text only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mer.errors import MerError
+from mer.fuse.blocks import masked_mean
 from mer.fuse.models import apply_overrides, build_model, fusion_losses, make_config, task_loss_for, tiny_config
 from mer.fuse.models.mcfn import (AdditiveCoAttention, DualAttention, MaskedBatchNorm1d, MCFNConfig,
                                   SpecAugment)
@@ -71,7 +73,7 @@ def test_paper_defaults_and_ablations_are_exposed():
     assert (config.audio_feature, config.text_feature) == ("logmfb80-d2", "roberta-base")
     assert (config.demo_audio_feature, config.demo_text_feature) == ("logmfb80-d2", "minilm-l6")
     assert set(MCFNConfig.ablations) >= {"no_dual_attention", "no_interaction", "no_mutual_adjustment",
-                                         "no_specaugment", "alpha", "beta"}
+                                         "no_specaugment", "alpha", "beta", "audio_only", "text_only"}
     # gamma None follows eq. 9 (the paper's grid of Fig. 3); given, the three must sum to 1
     assert make_config("mcfn", alpha="0.5").fusion_weights == pytest.approx((0.5, 0.3, 0.2))
     assert make_config("mcfn", alpha=0.2, beta=0.2, gamma=0.6).fusion_weights == pytest.approx((0.2, 0.2, 0.6))
@@ -352,3 +354,33 @@ def test_ablations_change_what_they_should():
             assert not torch.allclose(variant(batch).logits, base(batch).logits)
             assert torch.equal(variant(batch).head_logits["text"], base(batch).head_logits["text"])
     assert math.isclose(model_for(alpha=0.5).config.fusion_weights[2], 0.2)
+
+
+# ----------------------------------------------------------------------------- unimodal ablations
+
+
+def test_unimodal_variants_are_the_intra_modal_module_and_its_own_classifier():
+    """Table 3's speech only / text only: encoder -> dual attention -> S (T), mean-pooled over its own
+    frames (words) -> that modality's classifier; nothing of the co-attention, interaction or fusion."""
+    full_names = {name for name, _ in model_for().named_parameters()}
+    batch = make_batch([15, 6, 3], [4, 4, 1])
+    for switch, modality, other, head in (("audio_only", "audio", "text", "speech"),
+                                          ("text_only", "text", "audio", "text")):
+        torch.manual_seed(0)
+        dims = {"audio": AUDIO_DIM, "text": TEXT_DIM, other: None}
+        model = build_model("mcfn", CLASSES, dims, config=apply_overrides(tiny_config("mcfn"), {switch: True})).eval()
+        kept = (f"{head}_encoder.", f"{head}_attention.", f"heads.{head}.")
+        assert {name for name, _ in model.named_parameters()} == {name for name in full_names if name.startswith(kept)}
+        alone = {key: value for key, value in batch.items() if key not in (other, f"{other}_mask")}
+        mask = alone[f"{modality}_mask"]
+        with torch.no_grad():
+            output = model(alone)
+            encoder = model.speech_encoder if head == "speech" else model.text_encoder
+            encoded = encoder(alone[modality], mask) if head == "speech" else encoder(alone[modality]) * mask[..., None]
+            intra = getattr(model, f"{head}_attention")(encoded, mask)  # S (batch, frames, d) or T (batch, words, d)
+            assert torch.allclose(output.logits, model.heads[head](masked_mean(intra, mask)), atol=1e-6)
+            assert set(output.head_logits) == {head} and output.aux_losses == {}
+            loss_terms = terms(model, alone)
+        assert set(loss_terms) == {f"ce_{head}"}
+        assert torch.allclose(loss_terms[f"ce_{head}"], F.cross_entropy(output.logits, batch["label"]))
+    assert model_for(audio_only=True).spec_augment is not None and model_for(text_only=True).spec_augment is None

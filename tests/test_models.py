@@ -1,6 +1,7 @@
 """Every registered fusion model, through its tiny config, on synthetic batches built from the
 config (sample_unit decides utterance vs dialogue mode): forward, backward, finite values,
-padding invariance, a few Adam steps lower the loss, regression output, every ablation runs.
+padding invariance, a few Adam steps lower the loss, regression output, every ablation runs;
+the unimodal ablations (audio_only / text_only) on batches that hold their modality alone.
 A model added to the registry is picked up here without editing this file."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 from mer.errors import MerError
 from mer.fuse.blocks import (AttentionLayer, BiLSTMEncoder, CrossSelfAttentionUnit, masked_max, masked_mean,
                              masked_softmax, symmetric_info_nce)
-from mer.fuse.models import (apply_overrides, build_model, fusion_losses, lr_factor, make_config, model_names,
-                             task_loss_for, tiny_config)
+from mer.fuse.models import (MODELS, apply_overrides, build_model, fusion_losses, lr_factor, make_config,
+                             model_names, task_loss_for, tiny_config)
 from mer.fuse.models.base import IGNORE_LABEL
+from mer.fuse.run import model_features
 
 INPUT_DIMS = {"audio": 12, "text": 10}
 NUM_CLASSES = 4
@@ -129,6 +131,18 @@ def check_forward_backward(model, batch, num_classes, all_parameters_used: bool 
         assert torch.isfinite(parameter.grad).all(), f"non-finite gradient in {name}"
 
 
+def assert_padding_invariant(model, batch, padded):
+    model.eval()
+    with torch.no_grad():
+        reference = model(batch).logits
+        logits = model(padded).logits
+    assert torch.isfinite(logits).all(), "padding or an empty item produced NaN/Inf"
+    real_part = logits[: reference.size(0)]
+    if reference.dim() == 3:  # dialogue mode: (batch, utterances, C)
+        real_part = real_part[:, : reference.size(1)]
+    assert (real_part - reference).abs().max() <= TOLERANCE, (real_part - reference).abs().max()
+
+
 # ----------------------------------------------------------------------------- the test of every model
 
 
@@ -142,16 +156,7 @@ def test_model(name):
     check_forward_backward(model, batch, NUM_CLASSES, all_parameters_used=True)
 
     # padding invariance, eval mode: extra positions and an extra item change nothing for the real items
-    model.eval()
-    padded = with_padding(batch, config, seed=2)
-    with torch.no_grad():
-        reference = model(batch).logits
-        logits = model(padded).logits
-    assert torch.isfinite(logits).all(), "padding or an empty item produced NaN/Inf"
-    real_part = logits[: reference.size(0)]
-    if reference.dim() == 3:  # dialogue mode: (batch, utterances, C)
-        real_part = real_part[:, : reference.size(1)]
-    assert (real_part - reference).abs().max() <= TOLERANCE, (real_part - reference).abs().max()
+    assert_padding_invariant(model, batch, with_padding(batch, config, seed=2))
 
     # a few Adam steps on one fixed batch lower its loss
     torch.manual_seed(0)
@@ -180,6 +185,35 @@ def test_model(name):
         for value in values:
             variant = build_model(name, NUM_CLASSES, INPUT_DIMS, config=apply_overrides(config, {switch: value}))
             check_forward_backward(variant, batch, NUM_CLASSES)
+
+
+UNIMODAL = {"audio_only": ("audio", "text"), "text_only": ("text", "audio")}  # switch -> (modality read, other)
+UNIMODAL_MODELS = [name for name in model_names() if set(UNIMODAL) <= set(MODELS.get(name).config_class.ablations)]
+
+
+def without(batch: dict, modality: str) -> dict:
+    """The batch the loader gives when `modality`'s feature is not loaded: its keys absent."""
+    return {key: value for key, value in batch.items() if key not in (modality, f"{modality}_mask")}
+
+
+def test_the_papers_with_unimodal_rows_have_unimodal_ablations():
+    assert {"cm-roberta", "mcsan", "mcfn"} <= set(UNIMODAL_MODELS)
+
+
+@pytest.mark.parametrize("switch", sorted(UNIMODAL))
+@pytest.mark.parametrize("name", UNIMODAL_MODELS)
+def test_unimodal_ablation_loads_and_reads_only_its_modality(name, switch):
+    modality, other = UNIMODAL[switch]
+    config = apply_overrides(tiny_config(name), {switch: True})
+    features = model_features(name, config, "demo", {})
+    assert features == {modality: getattr(config, f"demo_{modality}_feature"), other: None}
+    assert model_features(name, config, "meld", {})[other] is None
+    torch.manual_seed(0)
+    model = build_model(name, NUM_CLASSES, {modality: INPUT_DIMS[modality], other: None}, config=config)  # no dim
+    batch = without(make_batch(config, size=3, num_classes=NUM_CLASSES, seed=1), other)  # reading it: KeyError
+    check_forward_backward(model, batch, NUM_CLASSES, all_parameters_used=True)  # nothing built for the other
+    both = make_batch(config, size=3, num_classes=NUM_CLASSES, seed=1)
+    assert_padding_invariant(model, batch, without(with_padding(both, config, seed=2), other))
 
 
 # ----------------------------------------------------------------------------- MCSAN and the shared blocks

@@ -155,6 +155,20 @@ class AttentionLayer(nn.Module):
         return hidden * query_mask[..., None]  # (batch, q_len, dim)
 
 
+class SelfAttentionStack(nn.Module):
+    """`layers` self-attention AttentionLayers over one modality, one after another (MCSAN's
+    self-attention module of one modality, eq. 15-17)."""
+
+    def __init__(self, dim: int, heads: int, layers: int = 1, ff_dim: Optional[int] = None, dropout: float = 0.1):
+        super().__init__()
+        self.layers = nn.ModuleList(AttentionLayer(dim, heads, ff_dim, dropout) for _ in range(layers))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (batch, time, dim)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x  # (batch, time, dim)
+
+
 class CrossModalLayer(nn.Module):
     """Audio queries text AND text queries audio, both from this layer's inputs (MCSAN eq. 9-14)."""
 

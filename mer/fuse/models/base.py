@@ -146,6 +146,29 @@ class FusionConfig:
 
 
 @dataclass
+class UnimodalSwitches:
+    """The `audio_only` / `text_only` ablations of a bimodal model (its paper's unimodal rows). Mix in
+    before FusionConfig: `class XConfig(UnimodalSwitches, FusionConfig)`; list both in `ablations`."""
+
+    audio_only: bool = False
+    text_only: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.audio_only and self.text_only:
+            raise MerError("audio_only and text_only together leave no modality")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("audio",) if self.audio_only else ("text",) if self.text_only else ("audio", "text")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The features the run loads (mer.fuse.run.model_features): a unimodal variant never reads the other."""
+        return self.modalities
+
+
+@dataclass
 class FusionOutput:
     logits: Tensor  # (batch, C) or (batch, utterances, C); C == 1: regression
     aux_losses: dict[str, Tensor] = field(default_factory=dict)  # already weighted; summed into the total

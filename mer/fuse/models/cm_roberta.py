@@ -89,11 +89,11 @@ from torch import Tensor, nn
 
 from mer.errors import MerError
 from mer.fuse.blocks import BiLSTMEncoder, ClassifierHead, CrossSelfAttentionUnit, FeedForward
-from mer.fuse.models.base import FusionConfig, FusionOutput, register_model
+from mer.fuse.models.base import FusionConfig, FusionOutput, UnimodalSwitches, register_model
 
 
 @dataclass
-class CMRoBERTaConfig(FusionConfig):
+class CMRoBERTaConfig(UnimodalSwitches, FusionConfig):
     audio_feature: str = "opensmile-conf:emo_large.conf+openl3-6144-mean"  # 6552 + 6144
     text_feature: str = "roberta-large-last4"  # 4 x 1024, pooled per utterance
     demo_audio_feature: str = "opensmile-egemaps"
@@ -109,9 +109,7 @@ class CMRoBERTaConfig(FusionConfig):
     sca_layers: int = 2
     ff_dim: Optional[int] = None  # None: 4 * hidden
     encoder_layers: int = 1  # BiLSTM layers per modality
-    no_sca: bool = False
-    audio_only: bool = False
-    text_only: bool = False
+    no_sca: bool = False  # audio_only, text_only: UnimodalSwitches
     lr: float = 1e-4
     weight_decay: float = 3e-4
     batch_size: int = 32  # dialogues
@@ -131,8 +129,6 @@ class CMRoBERTaConfig(FusionConfig):
         if self.sample_unit != "dialogue":
             raise MerError(f"cm-roberta: sample_unit must be 'dialogue' (it models the utterances of a "
                            f"conversation), got {self.sample_unit!r}")
-        if self.audio_only and self.text_only:
-            raise MerError("cm-roberta: audio_only and text_only together leave no modality")
         if self.hidden % self.heads:
             raise MerError(f"cm-roberta: hidden {self.hidden} must be divisible by heads {self.heads}")
         if self.sca_layers < 1 or self.encoder_layers < 1:
@@ -141,15 +137,6 @@ class CMRoBERTaConfig(FusionConfig):
     @classmethod
     def tiny(cls) -> "CMRoBERTaConfig":
         return cls(hidden=8, ff_dim=16, batch_size=4, max_epochs=2)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return ("audio",) if self.audio_only else ("text",) if self.text_only else ("audio", "text")
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        """The features the run loads (mer.fuse.run.model_features): a unimodal variant never reads the other."""
-        return self.modalities
 
 
 class ResidualProjection(nn.Module):

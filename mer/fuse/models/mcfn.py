@@ -95,9 +95,24 @@ Where the paper is vague, this implementation decides:
      early stop after 10 epochs without a lower validation loss, best checkpoint kept.
  14. no_dual_attention: S = O_s, T = O_t. no_interaction: S^c = S~, T^c = T (L_ad is then
      identically 0 and reported as 0).
+ 15. Unimodal ablations `audio_only` / `text_only` (Table 3 "Speech only" / "Text only": "when we
+     utilize unimodal information as input", section 3.3.2, which also calls the speech row
+     "speech-only intra-modal learning"): the modality's intra-modal learning module (section 2.1)
+     and its own classifier. Speech: SpecAugment -> UFLB encoder -> dual attention -> S,
+     mean-pooled over the real frames -> the speech classifier. Text: FC -> dual attention -> T,
+     mean-pooled over the real words -> the text classifier. The classifier reads S / T, not S^f /
+     T^f: those exist only after the co-attention, which needs the other modality, as do the
+     interaction, the mutual adjustment and the other two classifiers; none of them is built, so
+     the run loads only the feature it reads (`inputs`) and the model needs no dimension of the
+     other. The decision fusion of one classifier is that classifier (logits = its logits) and
+     the loss its one term (`ce_speech` / `ce_text`, times its lambda). `no_interaction`,
+     `no_mutual_adjustment`, alpha and beta change nothing there; `no_dual_attention` leaves the
+     encoder and the classifier.
 
-Ablations: no_dual_attention, no_interaction, no_mutual_adjustment, no_specaugment, alpha, beta.
-Paper: IEMOCAP 4-class leave-one-session-out WA 76.0 / UA 77.8; MELD Acc 64.5 / WF1 62.2.
+Ablations: no_dual_attention, no_interaction, no_mutual_adjustment, no_specaugment, alpha, beta, audio_only,
+text_only.
+Paper: IEMOCAP 4-class leave-one-session-out WA 76.0 / UA 77.8; MELD Acc 64.5 / WF1 62.2. Table 3: speech only
+IEMOCAP WA 62.1 / UA 60.3, MELD Acc 48.1 / WF1 36.7; text only 68.1 / 69.1, 63.1 / 59.8.
 """
 
 from __future__ import annotations
@@ -112,13 +127,14 @@ from torch import Tensor, nn
 
 from mer.errors import MerError
 from mer.fuse.blocks import ClassifierHead, masked_mean, masked_softmax
-from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, register_model
+from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, UnimodalSwitches, register_model
 
 HEAD_NAMES = ("speech", "text", "bimodal")
+UNIMODAL_HEADS = {("audio",): ("speech",), ("text",): ("text",)}  # config.modalities -> the classifiers built
 
 
 @dataclass
-class MCFNConfig(FusionConfig):
+class MCFNConfig(UnimodalSwitches, FusionConfig):
     audio_feature: str = "logmfb80-d2"
     text_feature: str = "roberta-base"  # word level (granularity=word)
     demo_audio_feature: str = "logmfb80-d2"
@@ -158,6 +174,7 @@ class MCFNConfig(FusionConfig):
     no_interaction: bool = False
     no_mutual_adjustment: bool = False
     no_specaugment: bool = False
+    # audio_only, text_only (UnimodalSwitches): Table 3's "Speech only" and "Text only"
     # training
     lr: float = 1e-4
     batch_size: int = 32
@@ -169,16 +186,21 @@ class MCFNConfig(FusionConfig):
     per_corpus: dict = field(default_factory=lambda: {"demo": {"batch_size": 16, "lr": 5e-4, "max_epochs": 12, "patience": 6}})
     ablations: ClassVar[dict] = {"no_dual_attention": (True,), "no_interaction": (True,),
                                  "no_mutual_adjustment": (True,), "no_specaugment": (True,),
-                                 "alpha": (0.1, 0.5), "beta": (0.1, 0.5)}
+                                 "alpha": (0.1, 0.5), "beta": (0.1, 0.5),
+                                 "audio_only": (True,), "text_only": (True,)}
     paper_results: ClassVar[dict] = {  # Tables 1-3
         "iemocap-loso": {"full": {"accuracy": 0.760, "ua": 0.778},
                          "no_dual_attention": {"accuracy": 0.751, "ua": 0.758},
                          "no_interaction": {"accuracy": 0.748, "ua": 0.757},
-                         "no_mutual_adjustment": {"accuracy": 0.755, "ua": 0.764}},
+                         "no_mutual_adjustment": {"accuracy": 0.755, "ua": 0.764},
+                         "audio_only": {"accuracy": 0.621, "ua": 0.603},  # Speech only
+                         "text_only": {"accuracy": 0.681, "ua": 0.691}},  # Text only
         "meld": {"full": {"accuracy": 0.645, "weighted_f1": 0.622},
                  "no_dual_attention": {"accuracy": 0.642, "weighted_f1": 0.614},
                  "no_interaction": {"accuracy": 0.638, "weighted_f1": 0.611},
-                 "no_mutual_adjustment": {"accuracy": 0.635, "weighted_f1": 0.611}}}
+                 "no_mutual_adjustment": {"accuracy": 0.635, "weighted_f1": 0.611},
+                 "audio_only": {"accuracy": 0.481, "weighted_f1": 0.367},
+                 "text_only": {"accuracy": 0.631, "weighted_f1": 0.598}}}
 
     def __post_init__(self):
         super().__post_init__()
@@ -374,40 +396,62 @@ class MCFN(nn.Module):
     def __init__(self, config: MCFNConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        d = config.hidden
-        self.spec_augment = None if config.no_specaugment else SpecAugment(
+        self.head_names = UNIMODAL_HEADS.get(config.modalities, HEAD_NAMES)
+        d, reads_speech, reads_text = config.hidden, "audio" in config.modalities, "text" in config.modalities
+        self.spec_augment = None if config.no_specaugment or not reads_speech else SpecAugment(
             config.spec_blocks, config.freq_masks, config.freq_mask_width, config.time_masks,
             config.time_mask_width, config.time_mask_ratio)
         self.speech_encoder = DilatedCNNEncoder(audio_dim, d, config.encoder_blocks, config.kernel_size,
-                                                config.dilation, config.leaky_slope)
-        self.text_encoder = nn.Linear(text_dim, d)
-        if config.no_dual_attention:
-            self.speech_attention = self.text_attention = None
-        else:
-            self.speech_attention = DualAttention(d, config.attention_reduction)
-            self.text_attention = DualAttention(d, config.attention_reduction)
-        self.co_attention = AdditiveCoAttention(d, config.attention_hidden, config.heads)
-        if config.no_interaction:
-            self.speech_gate = self.text_gate = None
-        else:
-            self.speech_gate = nn.Linear(d, d)  # W_s, reads T~
-            self.text_gate = nn.Linear(d, d)  # W_t, reads S~
-        self.heads = nn.ModuleDict({
-            "speech": ClassifierHead(d, num_classes, config.classifier_hidden, config.dropout),
-            "text": ClassifierHead(d, num_classes, config.classifier_hidden, config.dropout),
-            "bimodal": ClassifierHead(2 * d, num_classes, config.classifier_hidden, config.dropout),
-        })
+                                                config.dilation, config.leaky_slope) if reads_speech else None
+        self.text_encoder = nn.Linear(text_dim, d) if reads_text else None
+        dual = not config.no_dual_attention
+        self.speech_attention = DualAttention(d, config.attention_reduction) if dual and reads_speech else None
+        self.text_attention = DualAttention(d, config.attention_reduction) if dual and reads_text else None
+        bimodal = reads_speech and reads_text
+        self.co_attention = AdditiveCoAttention(d, config.attention_hidden, config.heads) if bimodal else None
+        interaction = bimodal and not config.no_interaction
+        self.speech_gate = nn.Linear(d, d) if interaction else None  # W_s, reads T~
+        self.text_gate = nn.Linear(d, d) if interaction else None  # W_t, reads S~
+        widths = {"speech": d, "text": d, "bimodal": 2 * d}
+        self.heads = nn.ModuleDict({name: ClassifierHead(widths[name], num_classes, config.classifier_hidden,
+                                                         config.dropout) for name in self.head_names})
 
     def forward(self, batch: dict) -> FusionOutput:
-        audio, audio_mask = batch["audio"], batch["audio_mask"]
-        text_mask = batch["text_mask"]
-        if self.spec_augment is not None:
-            audio = self.spec_augment(audio, audio_mask)
-        speech = self.speech_encoder(audio, audio_mask)  # O_s (batch, frames, d)
-        text = self.text_encoder(batch["text"]) * text_mask[..., None]  # O_t (batch, words, d)
-        if self.speech_attention is not None:
-            speech = self.speech_attention(speech, audio_mask)  # S
-            text = self.text_attention(text, text_mask)  # T
+        intra = self.intra_modal(batch)
+        if self.co_attention is None:
+            return self.classify_unimodal(intra)
+        (speech, audio_mask), (text, text_mask) = intra["speech"], intra["text"]
+        return self.collaborate(speech, audio_mask, text, text_mask)
+
+    def intra_modal(self, batch: dict) -> dict[str, tuple[Tensor, Tensor]]:
+        """Section 2.1 for each modality read: {"speech": (S (batch, frames, d), audio_mask),
+        "text": (T (batch, words, d), text_mask)}; O_s / O_t themselves under no_dual_attention."""
+        found = {}
+        if self.speech_encoder is not None:
+            audio, mask = batch["audio"], batch["audio_mask"]
+            if self.spec_augment is not None:
+                audio = self.spec_augment(audio, mask)
+            encoded = self.speech_encoder(audio, mask)  # O_s (batch, frames, d)
+            found["speech"] = self._dual_attention(self.speech_attention, encoded, mask)
+        if self.text_encoder is not None:
+            mask = batch["text_mask"]
+            encoded = self.text_encoder(batch["text"]) * mask[..., None]  # O_t (batch, words, d)
+            found["text"] = self._dual_attention(self.text_attention, encoded, mask)
+        return found
+
+    @staticmethod
+    def _dual_attention(attention: Optional[nn.Module], encoded: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return (encoded if attention is None else attention(encoded, mask)), mask
+
+    def classify_unimodal(self, intra: dict[str, tuple[Tensor, Tensor]]) -> FusionOutput:
+        """audio_only / text_only: the one classifier on S mean-pooled over its frames (or T over its words)."""
+        ((name, (features, mask)),) = intra.items()
+        logits = self.heads[name](masked_mean(features, mask))  # (batch, C)
+        return FusionOutput(logits, head_logits={name: logits})
+
+    def collaborate(self, speech: Tensor, audio_mask: Tensor, text: Tensor, text_mask: Tensor) -> FusionOutput:
+        """Section 2.2-2.3 on S (batch, frames, d) and T (batch, words, d): alignment, interaction, mutual
+        adjustment, the three classifiers and their decision fusion."""
         aligned = self.co_attention(speech, audio_mask, text, text_mask)  # S~ (batch, words, d); T~ = T
         if self.speech_gate is not None:
             speech_inter = aligned + aligned * torch.sigmoid(self.speech_gate(text))  # S^c
@@ -437,10 +481,11 @@ class MCFN(nn.Module):
         return torch.logsumexp(log_probs, dim=0)  # (batch, C)
 
     def losses(self, output: FusionOutput, labels: Tensor, task_loss: TaskLoss) -> dict[str, Tensor]:
-        """Eq. 11: one weighted task term per classifier, plus w * L_ad."""
+        """Eq. 11: one weighted task term per classifier built, plus w * L_ad."""
         lambdas = {"speech": self.config.lambda_speech, "text": self.config.lambda_text,
                    "bimodal": self.config.lambda_bimodal}
-        terms = {f"ce_{name}": lambdas[name] * task_loss(output.head_logits[name], labels) for name in HEAD_NAMES}
+        terms = {f"ce_{name}": lambdas[name] * task_loss(output.head_logits[name], labels)
+                 for name in self.head_names}
         return {**terms, **output.aux_losses}
 
     @staticmethod

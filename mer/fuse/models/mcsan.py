@@ -38,9 +38,22 @@ Where the paper is vague, this implementation decides:
      and one self layer in that order, repeated N times; the classifier pools the last
      block's two outputs (2d -> C). With N = 1, the paper's setting, layer- and module-wise
      stacking coincide. `no_self` / `no_cross` likewise pool the remaining module's pair.
+ 11. Unimodal ablations (Table 3 "w/o text" = `audio_only`, "w/o audio" = `text_only`): the
+     paper says only that these use "only ... acoustic or textual information as input" (section
+     3.5), not which network. Ours keeps every part that reads the one modality and drops every
+     part that needs the other: that modality's encoder, the positional embedding, its own
+     self-attention module (N layers, eq. 15-17), the global max-pool and ONE linear layer d -> C.
+     The cross module (it needs both modalities) and the other modality's encoder and self module
+     are not built, so the run loads only the feature it reads (`inputs`) and the model needs no
+     dimension of the other. Why the self module and not the bare encoder: it is the unimodal
+     half of MCSAN's own architecture, exactly what `no_cross` keeps of each modality, so the
+     unimodal rows measure a modality through the network the full model gives it.
+     `no_self` with a unimodal switch is refused (no module would remain); `no_cross` and `order`
+     change nothing there (there is no cross module).
 
-Ablations: no_self, no_cross, order = parallel | cross_self | self_cross, layers = N.
+Ablations: no_self, no_cross, order = parallel | cross_self | self_cross, layers = N, audio_only, text_only.
 Paper: IEMOCAP 7-class 10-fold WA 0.612 +/- 0.012, UA 0.560 +/- 0.019; MELD weighted F1 0.592.
+Table 3 (IEMOCAP): w/o audio (text_only) WA 0.509 / UA 0.469, w/o text (audio_only) WA 0.491 / UA 0.404.
 """
 
 from __future__ import annotations
@@ -53,13 +66,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mer.errors import MerError
-from mer.fuse.blocks import (ORDERS, BiLSTMEncoder, ClassifierHead, CrossSelfAttentionUnit, SinusoidalPositions,
-                             masked_max)
-from mer.fuse.models.base import FusionConfig, FusionOutput, register_model
+from mer.fuse.blocks import (ORDERS, BiLSTMEncoder, ClassifierHead, CrossSelfAttentionUnit, SelfAttentionStack,
+                             SinusoidalPositions, masked_max)
+from mer.fuse.models.base import FusionConfig, FusionOutput, UnimodalSwitches, register_model
 
 
 @dataclass
-class MCSANConfig(FusionConfig):
+class MCSANConfig(UnimodalSwitches, FusionConfig):
     audio_feature: str = "mfcc40"
     text_feature: str = "bert-base-uncased"  # word level; the paper used 300-d GloVe words
     demo_audio_feature: str = "mfcc40"
@@ -78,6 +91,7 @@ class MCSANConfig(FusionConfig):
     no_self: bool = False
     no_cross: bool = False
     order: str = "parallel"  # "parallel" | "cross_self" | "self_cross"
+    # audio_only, text_only (UnimodalSwitches): Table 3's "w/o text" and "w/o audio"
     lr: float = 1e-3
     batch_size: int = 256
     max_epochs: int = 30
@@ -87,13 +101,15 @@ class MCSANConfig(FusionConfig):
         "meld": {"lr": 5e-4, "max_epochs": 20}})
 
     ablations: ClassVar[dict] = {"no_self": (True,), "no_cross": (True,), "order": ("cross_self", "self_cross"),
-                                 "layers": (2, 3)}
+                                 "layers": (2, 3), "audio_only": (True,), "text_only": (True,)}
     paper_results: ClassVar[dict] = {  # Tables 1 and 3 (IEMOCAP 7-class 10-fold), Table 2 (MELD)
         "iemocap7-10fold": {"full": {"accuracy": 0.612, "ua": 0.560},
                             "no_self": {"accuracy": 0.605, "ua": 0.550}, "no_cross": {"accuracy": 0.596, "ua": 0.536},
                             "order=cross_self": {"accuracy": 0.606, "ua": 0.552},
                             "order=self_cross": {"accuracy": 0.602, "ua": 0.554},
-                            "layers=2": {"accuracy": 0.601, "ua": 0.551}, "layers=3": {"accuracy": 0.595, "ua": 0.541}},
+                            "layers=2": {"accuracy": 0.601, "ua": 0.551}, "layers=3": {"accuracy": 0.595, "ua": 0.541},
+                            "audio_only": {"accuracy": 0.491, "ua": 0.404},  # w/o text
+                            "text_only": {"accuracy": 0.509, "ua": 0.469}},  # w/o audio
         "meld": {"full": {"weighted_f1": 0.592}}}
 
     def __post_init__(self):
@@ -102,6 +118,8 @@ class MCSANConfig(FusionConfig):
             raise MerError(f"mcsan: order must be one of {ORDERS}, got {self.order!r}")
         if self.no_self and self.no_cross:
             raise MerError("mcsan: no_self and no_cross together leave no attention module")
+        if self.no_self and len(self.modalities) == 1:
+            raise MerError("mcsan: no_self in a unimodal variant leaves no attention module (it has no cross module)")
         if self.hidden % self.heads:
             raise MerError(f"mcsan: hidden {self.hidden} must be divisible by heads {self.heads}")
 
@@ -140,22 +158,41 @@ class MCSAN(nn.Module):
     def __init__(self, config: MCSANConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
-        d = config.hidden
-        self.audio_encoder = ConvPoolLSTMEncoder(audio_dim, d, config.kernel_size)
-        self.text_encoder = BiLSTMEncoder(text_dim, d, merge="mean")
+        d, modalities = config.hidden, config.modalities
+        self.audio_encoder = ConvPoolLSTMEncoder(audio_dim, d, config.kernel_size) if "audio" in modalities else None
+        self.text_encoder = BiLSTMEncoder(text_dim, d, merge="mean") if "text" in modalities else None
         self.positions = SinusoidalPositions(d)
-        self.attention = CrossSelfAttentionUnit(d, config.heads, config.layers, config.ff_dim, config.dropout,
-                                                order=config.order, use_cross=not config.no_cross,
-                                                use_self=not config.no_self)
-        self.classifier = ClassifierHead(2 * self.attention.num_outputs * d, num_classes, dropout=config.dropout)
+        if len(modalities) == 2:
+            self.attention = CrossSelfAttentionUnit(d, config.heads, config.layers, config.ff_dim, config.dropout,
+                                                    order=config.order, use_cross=not config.no_cross,
+                                                    use_self=not config.no_self)
+            pooled_count = 2 * self.attention.num_outputs
+        else:
+            self.attention = SelfAttentionStack(d, config.heads, config.layers, config.ff_dim, config.dropout)
+            pooled_count = 1
+        self.classifier = ClassifierHead(pooled_count * d, num_classes, dropout=config.dropout)
 
     def forward(self, batch: dict) -> FusionOutput:
-        audio_hidden, audio_mask = self.audio_encoder(batch["audio"], batch["audio_mask"])  # (batch, frames/9, d)
-        text_mask = batch["text_mask"]
-        text_hidden = self.text_encoder(batch["text"], text_mask)  # (batch, words, d)
-        audio_hidden = self.positions(audio_hidden) * audio_mask[..., None]
-        text_hidden = self.positions(text_hidden) * text_mask[..., None]
-        pooled = []
-        for audio_out, text_out in self.attention(audio_hidden, audio_mask, text_hidden, text_mask):
-            pooled += [masked_max(audio_out, audio_mask), masked_max(text_out, text_mask)]  # (batch, d) each
+        pooled = [masked_max(hidden, mask) for hidden, mask in self.attend(self.encode(batch))]  # (batch, d) each
         return FusionOutput(self.classifier(torch.cat(pooled, dim=-1)))  # (batch, C)
+
+    def encode(self, batch: dict) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality: (sequence, mask)} of the modalities read: H_a (batch, frames / 9, d) and
+        H_l (batch, words, d), positions added, padding zero."""
+        encoded = {}
+        if self.audio_encoder is not None:
+            encoded["audio"] = self.audio_encoder(batch["audio"], batch["audio_mask"])
+        if self.text_encoder is not None:
+            encoded["text"] = self.text_encoder(batch["text"], batch["text_mask"]), batch["text_mask"]
+        return {modality: (self.positions(hidden) * mask[..., None], mask)
+                for modality, (hidden, mask) in encoded.items()}
+
+    def attend(self, encoded: dict[str, tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """The sequences the classifier max-pools, with their masks: (H_a^c, H_l^c, H_a^s, H_l^s) or the
+        pair(s) an ablation keeps; a unimodal variant: its modality's self-attention output alone."""
+        if len(encoded) == 1:
+            ((hidden, mask),) = encoded.values()
+            return [(self.attention(hidden, mask), mask)]
+        (audio, audio_mask), (text, text_mask) = encoded["audio"], encoded["text"]
+        pairs = self.attention(audio, audio_mask, text, text_mask)
+        return [found for audio_out, text_out in pairs for found in ((audio_out, audio_mask), (text_out, text_mask))]
