@@ -1,11 +1,13 @@
 """`make demo`: both stages on the synthetic demo corpus, ending with every model's results.
 
-    python -m mer.demo_pipeline [--cache demo-cache] [--runs runs/demo] [--models a,b] [--seed 0]
+    python -m mer.demo_pipeline [--cache demo-cache] [--runs runs/demo] [--models a,b] [--seeds 0[,1,2]]
 
 Stage 1 extracts the demo's default features (MFCC, log-Mel + deltas, eGeMAPS, MiniLM words)
 once into the cache (a second run finds them cached); stage 2 trains and tests every model
 and baseline on the demo protocol (sessions 1-3 train, 4 dev, 5 test) with the models' demo
-settings, and prints one table."""
+settings, and prints one table. With several seeds every model trains once per seed
+(runs/demo/seed<k>/<model>) and the table gives the mean test accuracy +/- its std over the
+seeds: one demo test split is 80 utterances and a seed moves a single result by several points."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 DEMO_FEATURES = "mfcc40,logmfb80-d2,opensmile-egemaps,minilm-l6"
 BASELINES = ["linear", "audio-only", "text-only", "concat", "late"]  # linear: the reference row (docs/baselines.md)
@@ -56,8 +60,16 @@ def result_row(model: str, document: dict, history: dict, seconds: float) -> dic
             "accuracy": test["accuracy"], "ua": test["ua"], "weighted_f1": test["weighted_f1"], "aux": aux}
 
 
+def mean_row(rows: list[dict]) -> dict:
+    """One model's rows over seeds -> one row: the metrics' means, the accuracy's std, the summed time."""
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "ua", "weighted_f1")}
+    return {**rows[0], **mean, "accuracy_std": float(np.std([r["accuracy"] for r in rows])), "seeds": len(rows),
+            "seconds": sum(r["seconds"] for r in rows)}
+
+
 def format_table(rows: list[dict]) -> str:
-    """One row per model; with a `linear` row, each model's test accuracy minus the probe's (points)."""
+    """One row per model; with a `linear` row, each model's test accuracy minus the probe's (points). Rows of
+    several seeds (mean_row) show the mean +/- std, and the epochs and aux losses of the first seed."""
     probe = next((r["accuracy"] for r in rows if r["model"] == "linear"), None)
     lines = ["| model | audio | text | test acc | vs linear | UA | W-F1 | epochs | time (s) | "
              "aux losses, first -> last epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -65,9 +77,13 @@ def format_table(rows: list[dict]) -> str:
         aux = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in r["aux"].items())
         versus = "" if probe is None or r["model"] == "linear" else f"{100 * (r['accuracy'] - probe):+.1f}"
         lines.append(f"| {r['model']} | {r['features']['audio'] or '-'} | {r['features']['text'] or '-'} | "
-                     f"{r['accuracy']:.3f} | {versus} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
+                     f"{_accuracy(r)} | {versus} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
                      f"{r['seconds']:.0f} | {aux} |")
     return "\n".join(lines)
+
+
+def _accuracy(row: dict) -> str:
+    return f"{row['accuracy']:.3f}" if row.get("seeds", 1) == 1 else f"{row['accuracy']:.3f} +/- {row['accuracy_std']:.3f}"
 
 
 def main(argv=None) -> None:
@@ -75,7 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", type=Path, default=Path("demo-cache"))
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"))
     parser.add_argument("--models", default=",".join(BASELINES + FUSION_MODELS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", default="0", help="Comma-separated seeds (several: mean +/- std).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (measured on the "
                         "2-core machine: 1 thread trains MCFN 3-4x faster than 2 while data loading competes)")
     parser.add_argument("--table", type=Path, help="Also write the results table (markdown) here.")
@@ -84,12 +100,14 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     extract(args.cache)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = []
     for model in args.models.split(","):
         print(f"training {model} ...", flush=True)
-        rows.append(train(model, args.cache, args.runs, args.seed))
+        runs = [args.runs] if len(seeds) == 1 else [args.runs / f"seed{seed}" for seed in seeds]
+        rows.append(mean_row([train(model, args.cache, run_root, seed) for run_root, seed in zip(runs, seeds)]))
         r = rows[-1]
-        print(f"  {model}: test accuracy {r['accuracy']:.3f}, {r['seconds']:.0f} s ({args.runs / model})", flush=True)
+        print(f"  {model}: test accuracy {_accuracy(r)}, {r['seconds']:.0f} s", flush=True)
     table = format_table(rows)
     print()
     print(table)

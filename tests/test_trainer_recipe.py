@@ -171,3 +171,41 @@ def test_input_dropout_only_on_features_with_many_dimensions():
     assert rates("text-only", None, 384) == [0.0]  # a sentence embedding
     assert rates("concat", 88, 1024) == [0.5]  # the concatenated vector's dimensions count
     assert rates("late", 6373, 384) == [0.5, 0.0]  # each head its own
+
+
+def test_baseline_heads_average_independent_members():
+    import torch
+    from mer.fuse.models import build_model
+    from mer.fuse.models.base import task_loss_for
+
+    config = make_config("audio-only", ensemble=3, dropout=0.0, input_dropout=0.0)
+    model = build_model("audio-only", 4, {"audio": 6, "text": None}, config)
+    members = model.head.members
+    assert len(members) == 3 and not torch.equal(members[0].net[0].weight, members[1].net[0].weight)
+    batch = {"audio": torch.randn(5, 2, 6), "audio_mask": torch.ones(5, 2, dtype=torch.bool)}
+    output = model(batch)
+    member_probs = output.head_logits["members"].softmax(-1)  # (members, batch, C)
+    torch.testing.assert_close(output.logits.softmax(-1), member_probs.mean(0))
+    # each member learns from its own loss alone: member 1's loss moves no weight of member 0
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    task_loss = task_loss_for(4)
+    task_loss(output.head_logits["members"][1], labels).backward()
+    assert members[0].net[0].weight.grad is None or not members[0].net[0].weight.grad.any()
+    assert members[1].net[0].weight.grad.any()
+    # the trained term is the sum of the members' losses, not the loss of their average
+    terms = model.losses(model(batch), labels, task_loss)
+    expected = sum(task_loss(logits, labels) for logits in model(batch).head_logits["members"])
+    torch.testing.assert_close(terms["task"], expected)
+
+
+def test_demo_table_over_seeds_shows_mean_and_std():
+    from mer.demo_pipeline import format_table, mean_row
+
+    def row(model, accuracy):
+        return {"model": model, "features": {"audio": "mfcc40", "text": "minilm-l6"}, "seconds": 1.0, "epochs": 3,
+                "accuracy": accuracy, "ua": accuracy, "weighted_f1": accuracy, "aux": {}}
+
+    rows = [mean_row([row("linear", 0.5), row("linear", 0.5)]), mean_row([row("mcsan", 0.6), row("mcsan", 0.7)])]
+    assert rows[1]["seconds"] == 2.0 and rows[1]["seeds"] == 2
+    line = format_table(rows).splitlines()[3]
+    assert "| 0.650 +/- 0.050 | +15.0 |" in line

@@ -42,6 +42,7 @@ class BaselineConfig(FusionConfig):
     dropout: float = 0.5
     input_dropout: float = 0.5  # on the pooled vector, before the MLP
     input_dropout_min_dim: int = 1000  # ... of a feature with more dimensions than this (concat: audio + text)
+    ensemble: int = 5  # members averaged per head (see docs/baselines.md)
     skip: bool = False  # logits = Linear(x) + MLP(x): a linear probe inside every head
     refit_on_dev: bool = True  # after dev chose the epoch count, retrain on train + dev that long (mer.fuse.trainer)
     lr: float = 1e-3
@@ -53,23 +54,47 @@ class BaselineConfig(FusionConfig):
 
     @classmethod
     def tiny(cls) -> "BaselineConfig":
-        return cls(hidden=8, batch_size=4, max_epochs=2)
+        return cls(hidden=8, batch_size=4, max_epochs=2, ensemble=2)
 
 
-class BaselineHead(ClassifierHead):
-    """Input dropout (when the feature has more than `input_dropout_min_dim` dimensions), the MLP, plus
-    (config.skip) a Linear layer straight from the pooled vector to the logits, summed."""
+class BaselineMember(ClassifierHead):
+    """The MLP, plus (config.skip) a Linear layer straight from the pooled vector to the logits, summed."""
 
-    def __init__(self, feature_dim: int, num_classes: int, config: BaselineConfig):
-        in_dim = 2 * feature_dim  # mean and max
+    def __init__(self, in_dim: int, num_classes: int, config: BaselineConfig):
         super().__init__(in_dim, num_classes, config.hidden, config.dropout)
-        self.input_dropout = nn.Dropout(config.input_dropout if feature_dim > config.input_dropout_min_dim else 0.0)
         self.skip = nn.Linear(in_dim, num_classes) if config.skip else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.input_dropout(x)
         logits = self.net(x)
         return logits if self.skip is None else logits + self.skip(x)
+
+
+class BaselineHead(nn.Module):
+    """`config.ensemble` members on one pooled vector, each behind its own input-dropout mask (dropout only when
+    the feature has more than `input_dropout_min_dim` dimensions). (batch, 2 * dim) -> (members, batch, C)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, config: BaselineConfig):
+        super().__init__()
+        in_dim = 2 * feature_dim  # mean and max
+        self.input_dropout = nn.Dropout(config.input_dropout if feature_dim > config.input_dropout_min_dim else 0.0)
+        self.members = nn.ModuleList(BaselineMember(in_dim, num_classes, config) for _ in range(config.ensemble))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([member(self.input_dropout(x)) for member in self.members])
+
+
+def average_heads(head_logits: Tensor, num_classes: int) -> Tensor:
+    """(heads, batch, C) -> (batch, C): the mean of the heads' distributions as log-probabilities, so that
+    softmax(result) is that mean (regression, C = 1: the mean output)."""
+    if num_classes == 1:
+        return head_logits.mean(dim=0)
+    return torch.logsumexp(head_logits.log_softmax(-1), dim=0) - math.log(len(head_logits))
+
+
+def members_loss(member_logits: Tensor, labels: Tensor, task_loss: TaskLoss) -> Tensor:
+    """The SUM of the members' task losses: each member learns alone, under the full weight decay (a mean would
+    scale every member's data term by 1/members against the decay)."""
+    return sum(task_loss(logits, labels) for logits in member_logits)
 
 
 def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
@@ -77,41 +102,56 @@ def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
     return torch.cat([masked_mean(sequence, mask), masked_max(sequence, mask)], dim=-1)
 
 
+class _EnsembleBaseline(nn.Module):
+    """One BaselineHead on one pooled vector: the prediction is the members' average, the loss the sum of the
+    members' losses."""
+
+    def pooled(self, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> FusionOutput:
+        member_logits = self.head(self.pooled(batch))  # (members, batch, C)
+        return FusionOutput(average_heads(member_logits, self.num_classes), head_logits={"members": member_logits})
+
+    def losses(self, output: FusionOutput, labels: Tensor, task_loss: TaskLoss) -> dict[str, Tensor]:
+        return {"task": members_loss(output.head_logits["members"], labels, task_loss)}
+
+
 @register_model("audio-only", BaselineConfig)
-class AudioOnly(nn.Module):
+class AudioOnly(_EnsembleBaseline):
     inputs = ("audio",)  # the run loads only this feature
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = BaselineHead(audio_dim, num_classes, config)
 
-    def forward(self, batch: dict) -> FusionOutput:
-        return FusionOutput(self.head(mean_max_pool(batch["audio"], batch["audio_mask"])))
+    def pooled(self, batch: dict) -> Tensor:
+        return mean_max_pool(batch["audio"], batch["audio_mask"])  # (batch, 2 * audio_dim)
 
 
 @register_model("text-only", BaselineConfig)
-class TextOnly(nn.Module):
+class TextOnly(_EnsembleBaseline):
     inputs = ("text",)
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = BaselineHead(text_dim, num_classes, config)
 
-    def forward(self, batch: dict) -> FusionOutput:
-        return FusionOutput(self.head(mean_max_pool(batch["text"], batch["text_mask"])))
+    def pooled(self, batch: dict) -> Tensor:
+        return mean_max_pool(batch["text"], batch["text_mask"])  # (batch, 2 * text_dim)
 
 
 @register_model("concat", BaselineConfig)
-class ConcatFusion(nn.Module):
+class ConcatFusion(_EnsembleBaseline):
     def __init__(self, config: BaselineConfig, num_classes: int, audio_dim: int, text_dim: int):
         super().__init__()
         self.config, self.num_classes = config, num_classes
         self.head = BaselineHead(audio_dim + text_dim, num_classes, config)
 
-    def forward(self, batch: dict) -> FusionOutput:
+    def pooled(self, batch: dict) -> Tensor:
         audio_pooled = mean_max_pool(batch["audio"], batch["audio_mask"])  # (batch, 2 * audio_dim)
         text_pooled = mean_max_pool(batch["text"], batch["text_mask"])  # (batch, 2 * text_dim)
-        return FusionOutput(self.head(torch.cat([audio_pooled, text_pooled], dim=-1)))
+        return torch.cat([audio_pooled, text_pooled], dim=-1)
 
 
 @register_model("late", BaselineConfig)
@@ -123,14 +163,13 @@ class LateFusion(nn.Module):
         self.text_head = BaselineHead(text_dim, num_classes, config)
 
     def forward(self, batch: dict) -> FusionOutput:
-        audio_logits = self.audio_head(mean_max_pool(batch["audio"], batch["audio_mask"]))  # (batch, C)
-        text_logits = self.text_head(mean_max_pool(batch["text"], batch["text_mask"]))
-        if self.num_classes == 1:
-            fused = (audio_logits + text_logits) / 2
-        else:  # log of the mean of the two distributions, computed in log space
-            log_probs = torch.stack([audio_logits.log_softmax(-1), text_logits.log_softmax(-1)])
-            fused = torch.logsumexp(log_probs, dim=0) - math.log(2)
-        return FusionOutput(fused, head_logits={"audio": audio_logits, "text": text_logits})
+        audio_members = self.audio_head(mean_max_pool(batch["audio"], batch["audio_mask"]))  # (members, batch, C)
+        text_members = self.text_head(mean_max_pool(batch["text"], batch["text_mask"]))
+        audio_logits = average_heads(audio_members, self.num_classes)  # (batch, C)
+        text_logits = average_heads(text_members, self.num_classes)
+        fused = average_heads(torch.stack([audio_logits, text_logits]), self.num_classes)
+        return FusionOutput(fused, head_logits={"audio": audio_logits, "text": text_logits,
+                                                "audio_members": audio_members, "text_members": text_members})
 
     def losses(self, output: FusionOutput, labels: Tensor, task_loss: TaskLoss) -> dict[str, Tensor]:
-        return {name: task_loss(logits, labels) for name, logits in output.head_logits.items()}
+        return {role: members_loss(output.head_logits[f"{role}_members"], labels, task_loss) for role in ("audio", "text")}
