@@ -330,13 +330,19 @@ def test_dialogue_stats_are_over_pooled_training_utterances(cache):
 
 # ----------------------------------------------------------------------------- access
 
-def test_preload_gives_the_same_batches(cache):
+def by_id(data, split, batch_size, seed):
+    """Random access by id with the loader's batches (the shard-aware loader reads in its own order)."""
+    return DataLoader(data.dataset(split), batch_sampler=data.sampler(split, batch_size, seed=seed),
+                      collate_fn=data.collate)
+
+
+def test_preload_gives_the_same_batches_as_reading_by_id(cache):
     for unit, audio in (("utterance", "wav"), ("dialogue", "utt")):
         lazy = make_data(cache, audio=audio, sample_unit=unit, max_audio_frames=20)
         eager = make_data(cache, audio=audio, sample_unit=unit, max_audio_frames=20, preload=True)
         if unit == "utterance":
             assert eager.memory["audio"]["mini/d0_u0"].dtype == np.float16  # kept as stored
-        for a, b in zip(lazy.loader("train", 4, seed=2), eager.loader("train", 4, seed=2)):
+        for a, b in zip(by_id(lazy, "train", 4, seed=2), eager.loader("train", 4, seed=2)):
             assert a["ids"] == b["ids"]
             assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["text"], b["text"])
 
@@ -348,9 +354,9 @@ def test_shard_lengths_read_offsets(cache):
 
 
 def test_dataloader_with_two_workers(cache):
-    data = make_data(cache, max_audio_frames=25)
+    data = make_data(cache, max_audio_frames=25, preload=True)
     single = data.loader("train", 4, seed=5)
-    dataset = data.dataset("train")
+    dataset = make_data(cache, max_audio_frames=25).dataset("train")
     dataset[0]  # the parent opens shards before the workers fork
     assert dataset._stores._stores
     multi = DataLoader(dataset, batch_sampler=data.sampler("train", 4, seed=5), collate_fn=data.collate,

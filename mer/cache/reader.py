@@ -1,13 +1,24 @@
 """Reading a feature cache: list corpora and features, random access by id, streaming by
-shard, look-up by config hash. Readers take no locks and see only committed shards."""
+shard, reading many ids with one call per shard, look-up by config hash. Readers take no locks
+and see only committed shards.
+
+Random access (`FeatureStore.get`) keeps shard handles open, up to `open_file_budget()` for
+the whole process (every store shares it, least recently used closed first), each with a chunk
+cache of HANDLE_CHUNK_CACHE: a read by id decodes a whole chunk (checksummed), and the cache
+spares the next read of that chunk. So random access holds at most the budget's handles and
+their caches (RANDOM_ACCESS_BYTES). `read_many` and `iter_shards` open a shard for one read
+and close it: a pass over a large cache (training) holds nothing open behind it."""
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
+import itertools
+import os
+import resource
+import weakref
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -18,6 +29,57 @@ from mer.cache.shard import ShardReader
 from mer.data.utterance import Utterance, read_utterances
 from mer.errors import CacheError
 from mer.cache.spec import FeatureSpec
+
+FD_HEADROOM = 256  # descriptors left to everything else a process opens (sockets, logs, DataLoader pipes)
+MIN_OPEN_SHARDS = 8
+HANDLE_CHUNK_CACHE = 4 << 20  # per open handle: a MELD-sized shard's chunks, a few of a WavLM-frame shard's
+RANDOM_ACCESS_BYTES = 2 << 30  # chunk caches of all open handles together, at most
+
+
+def open_file_budget() -> int:
+    """Shard files one process keeps open for random access: half the soft RLIMIT_NOFILE, at least
+    FD_HEADROOM below it (a forked DataLoader worker inherits the parent's descriptors), and no more
+    than RANDOM_ACCESS_BYTES of chunk caches."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(MIN_OPEN_SHARDS, min(soft // 2, soft - FD_HEADROOM, RANDOM_ACCESS_BYTES // HANDLE_CHUNK_CACHE))
+
+
+class _OpenShards:
+    """The process's shard handles for random access, least recently used closed first. Keyed by
+    (store, file): a store never reads another store's handle, so a shard replaced on disk (a
+    repair, a re-extraction) is opened afresh by the next store. A forked child starts empty and
+    never touches the parent's handles (HDF5 state must not cross a fork); they are kept, unused."""
+
+    def __init__(self):
+        self.budget = open_file_budget()
+        self._open: OrderedDict[tuple[int, str], ShardReader] = OrderedDict()
+        self._inherited: list = []
+
+    def get(self, key: tuple[int, str], path: Path) -> ShardReader:
+        reader = self._open.get(key)
+        if reader is not None:
+            self._open.move_to_end(key)
+            return reader
+        reader = ShardReader(path, chunk_cache_bytes=HANDLE_CHUNK_CACHE)
+        self._open[key] = reader
+        if len(self._open) > self.budget:
+            self._open.popitem(last=False)[1].close()
+        return reader
+
+    def close(self, store: int) -> None:
+        for key in [key for key in self._open if key[0] == store]:
+            self._open.pop(key).close()
+
+    def forget(self) -> None:
+        self._inherited.append(self._open)
+        self._open = OrderedDict()
+
+
+_OPEN_SHARDS = _OpenShards()
+os.register_at_fork(after_in_child=_OPEN_SHARDS.forget)
+_store_numbers = itertools.count()
 
 
 @dataclass
@@ -93,14 +155,15 @@ class FeatureStore:
     """One feature of one corpus. Arrays come back in the stored dtype: (frames, *row_shape),
     or (*row_shape,) for utterance granularity."""
 
-    def __init__(self, directory: Path, max_open_shards: int = 16):
+    def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self._max_open = max_open_shards
-        self._open: OrderedDict[str, ShardReader] = OrderedDict()
+        self._number = next(_store_numbers)
+        weakref.finalize(self, _OPEN_SHARDS.close, self._number)  # a dropped store's handles go with it
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the manifest to see shards committed since this store was opened."""
+        _OPEN_SHARDS.close(self._number)
         self.manifest = read_manifest(self.directory)
         self.spec = FeatureSpec.from_dict(self.manifest["spec"])
         self._shard_of = {utt_id: shard["file"] for shard in self.manifest["shards"] for utt_id in shard["ids"]}
@@ -112,6 +175,18 @@ class FeatureStore:
     def ids(self) -> list[str]:
         return list(self._shard_of)
 
+    def shard_files(self) -> list[str]:
+        """The shard files, in manifest order."""
+        return [shard["file"] for shard in self.manifest["shards"]]
+
+    def shard_of(self, utt_id: str) -> str:
+        """The shard file holding `utt_id` (KeyError naming why when none does)."""
+        if utt_id not in self._shard_of:
+            reason = self.failures.get(utt_id)
+            detail = f"extraction failed: {reason}" if reason else "not extracted"
+            raise KeyError(f"{utt_id}: {detail} ({self.directory})")
+        return self._shard_of[utt_id]
+
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self._shard_of
 
@@ -119,14 +194,26 @@ class FeatureStore:
         return len(self._shard_of)
 
     def get(self, utt_id: str) -> np.ndarray:
-        if utt_id not in self._shard_of:
-            reason = self.failures.get(utt_id)
-            detail = f"extraction failed: {reason}" if reason else "not extracted"
-            raise KeyError(f"{utt_id}: {detail} ({self.directory})")
-        return self._shape(self._shard(self._shard_of[utt_id]).get(utt_id))
+        return self._shape(self._shard(self.shard_of(utt_id)).get(utt_id))
+
+    def read_many(self, utt_ids: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(id, array) for each distinct id, shard by shard in manifest order: ONE read per shard
+        (ShardReader.get_many), the shard opened for it and closed after, so memory is bounded by
+        one shard's rows. The arrays are views of that read: copy what you keep."""
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for utt_id in dict.fromkeys(utt_ids):
+            by_shard[self.shard_of(utt_id)].append(utt_id)
+        for file in (f for f in self.shard_files() if f in by_shard):
+            reader = ShardReader(self.directory / file)
+            try:
+                arrays = reader.get_many(by_shard[file])
+            finally:
+                reader.close()
+            for utt_id, array in zip(by_shard[file], arrays):
+                yield utt_id, self._shape(array)
 
     def extra(self, name: str, utt_id: str) -> np.ndarray:
-        return self._shard(self._shard_of[utt_id]).extra(name, utt_id)
+        return self._shard(self.shard_of(utt_id)).extra(name, utt_id)
 
     def iter_shards(self) -> Iterator[tuple[str, ShardReader]]:
         for shard in self.manifest["shards"]:
@@ -146,16 +233,7 @@ class FeatureStore:
         return array[0] if self.spec.granularity == "utterance" else array
 
     def _shard(self, file: str) -> ShardReader:
-        if file in self._open:
-            self._open.move_to_end(file)
-            return self._open[file]
-        reader = ShardReader(self.directory / file)
-        self._open[file] = reader
-        if len(self._open) > self._max_open:
-            self._open.popitem(last=False)[1].close()
-        return reader
+        return _OPEN_SHARDS.get((self._number, file), self.directory / file)
 
     def close(self) -> None:
-        for reader in self._open.values():
-            reader.close()
-        self._open.clear()
+        _OPEN_SHARDS.close(self._number)

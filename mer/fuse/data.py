@@ -53,14 +53,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from mer.cache.reader import FeatureCache, FeatureStore
 from mer.data.protocols import PARTS, Fold, FoldSet
@@ -246,9 +246,8 @@ class _LazyStores:
     different pid and opens its own; the parent's (and their HDF5 handles) are never used or
     closed there. Pickling (spawn) carries only the directories."""
 
-    def __init__(self, directories: Mapping[str, Sequence[Path]], max_open_shards: int):
+    def __init__(self, directories: Mapping[str, Sequence[Path]]):
         self.directories = {role: tuple(dirs) for role, dirs in directories.items()}
-        self.max_open_shards = max_open_shards
         self._pid: Optional[int] = None
         self._stores: dict[str, list[FeatureStore]] = {}
         self._inherited: list = []
@@ -259,8 +258,11 @@ class _LazyStores:
                 self._inherited.append(self._stores)  # a fork's copy: leave its handles alone
             self._stores, self._pid = {}, os.getpid()
         if role not in self._stores:
-            self._stores[role] = [FeatureStore(d, self.max_open_shards) for d in self.directories[role]]
+            self._stores[role] = [FeatureStore(d) for d in self.directories[role]]
         return self._stores[role]
+
+    def by_role(self) -> dict[str, list[FeatureStore]]:
+        return {role: self[role] for role in self.directories}
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -270,10 +272,29 @@ class _LazyStores:
         self._stores = {}
 
     def __getstate__(self) -> dict:
-        return {"directories": self.directories, "max_open_shards": self.max_open_shards}
+        return {"directories": self.directories}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["directories"], state["max_open_shards"])
+        self.__init__(state["directories"])
+
+
+def read_inputs(stores: Mapping[str, Sequence[FeatureStore]], ids: Sequence[str], lengths: Mapping[str, Mapping],
+                pooled: bool) -> dict[str, dict[str, np.ndarray]]:
+    """role -> id -> the input as the model gets it before normalisation: rows cut to `lengths`
+    (flattened, in the stored dtype), the parts of `a+b` joined, and with `pooled` (dialogue
+    mode) the float32 mean per utterance. One read per shard of each store (read_many); each
+    array is copied out of that read, so no shard's buffer outlives it."""
+    inputs = {}
+    for role, role_stores in stores.items():
+        cut = lengths[role]
+        parts = [{i: np.array(_flat(a)[:cut[i]]) for i, a in store.read_many(ids)} for store in role_stores]
+        inputs[role] = {i: _joined([part[i] for part in parts], pooled) for i in ids}
+    return inputs
+
+
+def _joined(parts: Sequence[np.ndarray], pooled: bool) -> np.ndarray:
+    array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return _pool(array) if pooled else array
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -282,18 +303,19 @@ class _LazyStores:
 class FusionDataset(Dataset):
     """Samples of one split. Utterance mode: item i = {"id", "<role>": (rows, dim) in the stored
     dtype, "label"}; dialogue mode: {"ids", "<role>": (utterances, dim) float32, "labels"}.
-    Normalisation and float32 conversion happen per batch in FusionCollate."""
+    Normalisation and float32 conversion happen per batch in FusionCollate. `dataset[i]` reads
+    by id (random access); `items(indices)` reads many samples with one read per shard."""
 
     def __init__(self, samples: Sequence[tuple[str, ...]], sample_unit: str, sources: Mapping[str, FeatureSource],
                  lengths: Mapping[str, Mapping[str, int]], label_of: Mapping[str, Union[int, float]],
-                 memory: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None, max_open_shards: int = 64):
+                 memory: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None):
         self.samples = [tuple(s) for s in samples]
         self.sample_unit = sample_unit
         self.sources = dict(sources)
         self.lengths = lengths  # role -> id -> rows after cutting
         self.label_of = label_of
         self.memory = memory  # role -> id -> preloaded array (None: read from the cache)
-        self._stores = _LazyStores({r: s.directories for r, s in self.sources.items()}, max_open_shards)
+        self._stores = _LazyStores({r: s.directories for r, s in self.sources.items()})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -304,20 +326,27 @@ class FusionDataset(Dataset):
         if self.memory is not None:
             return self.memory[role][utt_id]
         n = self.lengths[role][utt_id]
-        parts = [_flat(store.get(utt_id))[:n] for store in self._stores[role]]
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        return _pool(array) if self.sample_unit == "dialogue" else array
+        return _joined([_flat(store.get(utt_id))[:n] for store in self._stores[role]], self.sample_unit == "dialogue")
 
     def __getitem__(self, index: int) -> dict:
-        ids = self.samples[index]
+        return self._item(self.samples[index], self.rows)
+
+    def items(self, indices: Sequence[int]) -> dict[int, dict]:
+        """index -> item for the samples `indices`, their inputs read together (read_inputs)."""
+        ids = [utt_id for k in indices for utt_id in self.samples[k]]
+        inputs = self.memory if self.memory is not None else \
+            read_inputs(self._stores.by_role(), ids, self.lengths, self.sample_unit == "dialogue")
+        return {k: self._item(self.samples[k], lambda role, utt_id: inputs[role][utt_id]) for k in indices}
+
+    def _item(self, ids: tuple[str, ...], rows) -> dict:
         if self.sample_unit == "utterance":
             item = {"id": ids[0], "label": self.label_of[ids[0]]}
             for role in self.sources:
-                item[role] = self.rows(role, ids[0])
+                item[role] = rows(role, ids[0])
             return item
         item = {"ids": list(ids), "labels": [self.label_of[i] for i in ids]}
         for role in self.sources:
-            item[role] = np.stack([self.rows(role, i) for i in ids])
+            item[role] = np.stack([rows(role, i) for i in ids])
         return item
 
     def sort_keys(self) -> list[tuple[int, ...]]:
@@ -432,6 +461,12 @@ class BucketBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def subset(self, indices: Sequence[int], seed: int) -> "BucketBatchSampler":
+        """The same batching over the samples `indices` only (its batches hold positions in
+        `indices`), seeded with `seed`, never dropping (ShardStream drops, once per pass)."""
+        return BucketBatchSampler([tuple(k) for k in self.keys[np.asarray(indices, dtype=np.int64)]], self.batch_size,
+                                  self.shuffle, seed, self.batches_per_bucket, False, self.batching)
+
     def __len__(self) -> int:
         n = len(self.keys)
         if self.shuffle and self.drop_last:
@@ -479,6 +514,133 @@ def padding_ratio(batches: Iterable[Sequence[int]], lengths: Sequence[int]) -> f
     return 1.0 - real / cells if cells else 0.0
 
 
+# ----------------------------------------------------------------------------- reading the cache in its own order
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How training reads a cache it does not preload: pools of whole shards (ShardStream)."""
+
+    shards: int = 4  # shards of the primary feature read and shuffled together
+    max_bytes: int = 256 << 20  # fewer shards when their inputs would take more memory (never fewer than one)
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """The samples of a split whose first utterance one shard of the primary feature holds."""
+
+    shard: int  # the shard's position in the primary feature's manifest
+    samples: tuple[int, ...]  # indices into the split's samples
+    nbytes: int  # their inputs in memory
+
+
+class ShardStream(IterableDataset):
+    """One split read in the cache's own order: yields batches (lists of items) for FusionCollate.
+
+    Each pass: the units (shards of the primary feature, the one with the most bytes) in a
+    seeded (seed, epoch) order for training, in manifest order for evaluation; consecutive
+    units form pools of up to `pool.shards` shards and `pool.max_bytes`; a pool's samples
+    are read with one read per shard of every store (FusionDataset.items: the primary
+    feature's shards whole, the other features' and modalities' rows grouped by their own
+    shards), then batched by `batcher.subset` (length buckets or random, shuffled with a seed
+    of (seed, epoch, pool)). The one short batch of a pool is carried into the next pool, so
+    every batch but a pass's last is full (that one `drop_last` drops). Memory is bounded by
+    a pool and a batch, whatever the size of the cache.
+
+    Why an IterableDataset: with DataLoader workers, worker w of W takes pools w, w + W, ...,
+    so each worker owns whole shards (disjoint from the others') and reads each of them
+    contiguously; a batch sampler would hand a worker indices whose shards another worker
+    also reads. The batch sequence depends on (seed, epoch, W). The epoch lives in shared
+    memory: `FusionLoader` sets it when a pass starts, persistent workers read it then.
+    Without workers, or with them, every sample of the split comes exactly once per pass and
+    no row is read twice (a shard is opened by a second pool only for the rows of a dialogue
+    that crosses into it, or of a feature whose shard boundaries differ)."""
+
+    def __init__(self, dataset: FusionDataset, units: Sequence[ShardUnit], batcher: BucketBatchSampler,
+                 pool: PoolConfig):
+        self.dataset = dataset
+        self.units = list(units)
+        self.batcher = batcher
+        self.pool = pool
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # the pass in progress, for workers
+        self.next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = epoch
+
+    def start_pass(self) -> None:
+        """Called by FusionLoader when a pass starts: the pass gets the next epoch."""
+        self._epoch.fill_(self.next_epoch)
+        self.next_epoch += 1
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        info = get_worker_info()
+        yield from self.batches(int(self._epoch), *((info.id, info.num_workers) if info else (0, 1)))
+
+    def batches(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[list[dict]]:
+        """The batches `worker` of `workers` makes in `epoch`, reading pool by pool."""
+        held: dict[int, dict] = {}  # items read and not yet batched: a pool's and the carried ones
+        for pool, batches in self.plan(epoch, worker, workers):
+            held.update(self.dataset.items([k for unit in pool for k in unit.samples]))
+            for batch in batches:
+                yield [held.pop(k) for k in batch]
+
+    def plan(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[tuple[list[ShardUnit], list[list[int]]]]:
+        """(pool, the batches of sample indices complete once it is read) for `worker`'s pools; nothing is read."""
+        size = self.batcher.batch_size
+        mine = [(number, pool) for number, pool in enumerate(self.pools(epoch)) if number % workers == worker]
+        carried: list[int] = []
+        for position, (number, pool) in enumerate(mine):
+            members = carried + [k for unit in pool for k in unit.samples]
+            batches = self._batches(members, epoch, number)
+            full = [batch for batch in batches if len(batch) == size]
+            carried = [k for batch in batches if len(batch) < size for k in batch]
+            last = position == len(mine) - 1
+            yield pool, full + ([carried] if last and carried and not self.batcher.drop_last else [])
+
+    def pools(self, epoch: int) -> list[list[ShardUnit]]:
+        """Every pool of `epoch`, in reading order."""
+        units = self.units
+        if self.batcher.shuffle:
+            units = [units[k] for k in np.random.default_rng([self.batcher.seed, epoch]).permutation(len(units))]
+        pools: list[list[ShardUnit]] = []
+        for unit in units:
+            if not pools or len(pools[-1]) == self.pool.shards or \
+                    sum(u.nbytes for u in pools[-1]) + unit.nbytes > self.pool.max_bytes:
+                pools.append([])
+            pools[-1].append(unit)
+        return pools
+
+    def _batches(self, members: list[int], epoch: int, number: int) -> list[list[int]]:
+        seed = int(np.random.SeedSequence([self.batcher.seed, epoch, number]).generate_state(1)[0])
+        return [[members[j] for j in batch] for batch in self.batcher.subset(members, seed).batches(0)]
+
+    def close(self) -> None:
+        self.dataset.close()
+
+
+class FusionLoader(DataLoader):
+    """A DataLoader whose passes are epochs, over a FusionDataset and its BucketBatchSampler
+    (preloaded inputs) or over a ShardStream (inputs read from the cache): `set_epoch(e)` sets
+    the epoch of the next pass, and each pass advances it."""
+
+    def set_epoch(self, epoch: int) -> None:
+        (self.dataset if isinstance(self.dataset, ShardStream) else self.batch_sampler).set_epoch(epoch)
+
+    def __iter__(self):
+        if isinstance(self.dataset, ShardStream):
+            self.dataset.start_pass()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        """Batches in the next pass (a stream's count depends on how many workers split its pools)."""
+        if not isinstance(self.dataset, ShardStream):
+            return super().__len__()
+        workers = max(1, self.num_workers)
+        return sum(len(batches) for worker in range(workers)
+                   for _, batches in self.dataset.plan(self.dataset.next_epoch, worker, workers))
+
+
 # ----------------------------------------------------------------------------- the data of one fold
 
 
@@ -492,14 +654,15 @@ class FusionData:
     `max_text_len` (keep the first rows; None = no limit); `normalize` (bool or per role
     dict); `norm_stats` (reuse saved statistics instead of computing them); `preload`;
     `utterances` (the corpus manifest, read from the cache when dialogue mode needs it and
-    none is given); `max_open_shards` per feature and process.
+    none is given); `pool` (how a split that is not preloaded is read: PoolConfig).
 
     Attributes: `sources` (role -> FeatureSource), `input_dims` ({"audio": dim or None, "text":
     ...}), `num_classes` (1 for regression), `samples` (split -> list of id tuples: one id per
     sample in utterance mode, the dialogue's ids in turn order in dialogue mode), `ids` (split
     -> kept utterance ids), `dropped` (id -> reason), `dropped_by_split` (split -> ids),
     `truncated` (role -> number of utterances cut), `norm_stats` (NormStats, empty when no role
-    is normalised), `notes` (lines for the console)."""
+    is normalised), `primary` (the feature whose shards make a ShardStream's pools), `shard_of`
+    (kept id -> position of its shard in that feature), `notes` (lines for the console)."""
 
     def __init__(self, cache_root: Union[str, Path], corpus: str, audio_feature: Optional[str],
                  text_feature: Optional[str], fold: Fold, targets: Optional[Mapping[str, Label]],
@@ -507,7 +670,7 @@ class FusionData:
                  max_audio_frames: Optional[int] = None, max_text_len: Optional[int] = None,
                  normalize: Union[bool, Mapping[str, bool]] = True, norm_stats: Optional[NormStats] = None,
                  preload: bool = False, utterances: Optional[Sequence[Utterance]] = None,
-                 max_open_shards: int = 64):
+                 pool: PoolConfig = PoolConfig()):
         if sample_unit not in SAMPLE_UNITS:
             raise MerError(f"sample_unit must be one of {SAMPLE_UNITS}, got {sample_unit!r}")
         if audio_feature is None and text_feature is None:
@@ -521,7 +684,7 @@ class FusionData:
         self.max_len = {"audio": _limit(max_audio_frames, "max_audio_frames"),
                         "text": _limit(max_text_len, "max_text_len")}
         self.preload = preload
-        self.max_open_shards = max_open_shards
+        self.pool = pool
         self.notes: list[str] = []
 
         cache = FeatureCache(self.cache_root)
@@ -542,9 +705,13 @@ class FusionData:
                 reason = Counter(self.dropped[i] for i in fold.part(part)).most_common(1)[0][0]
                 raise MerError(f"fold {fold.name}: every {part} utterance was dropped (e.g. {reason})")
         self.samples = self._samples(utterances, cache)
+        self.primary, self.shard_of = self._primary_shards(raw, stores)
 
         self.norm_stats = self._stats(norm_stats, stores)
         self.memory = self._preload(stores) if preload else None
+        if not preload:
+            self.notes.append(f"input: read from the cache in pools of up to {pool.shards} whole shards of "
+                              f"{self.primary} ({pool.max_bytes / 2 ** 20:.0f} MiB at most), shuffled per epoch")
         self.collate = FusionCollate(sample_unit, tuple(self.sources), self.regression, self.norm_stats)
 
     @classmethod
@@ -575,28 +742,39 @@ class FusionData:
         return len(self.labels) if self.labels is not None else 1
 
     def dataset(self, split: str) -> FusionDataset:
-        return FusionDataset(self.samples[_part(split)], self.sample_unit, self.sources, self.lengths,
-                             self.label_of, self.memory, self.max_open_shards)
+        """The samples of `split` ("train", "dev", "test" or parts joined by "+": "train+dev"), read by id."""
+        return FusionDataset(self._split_samples(split), self.sample_unit, self.sources, self.lengths, self.label_of,
+                             self.memory)
 
     def sampler(self, split: str, batch_size: int, shuffle: Optional[bool] = None, seed: int = 0,
                 batches_per_bucket: int = 4, drop_last: bool = False, batching: str = "bucket") -> BucketBatchSampler:
-        """Bucketed (or `batching="random"`) batches of `split`; shuffled (seeded) by default for "train" only."""
-        shuffle = (_part(split) == "train") if shuffle is None else shuffle
+        """Bucketed (or `batching="random"`) batches of `split`; shuffled (seeded) by default when it holds "train"."""
+        shuffle = ("train" in _parts(split)) if shuffle is None else shuffle
         return BucketBatchSampler(self.dataset(split).sort_keys(), batch_size, shuffle, seed,
                                   batches_per_bucket, drop_last, batching)
+
+    def stream(self, split: str, batch_size: int, shuffle: Optional[bool] = None, seed: int = 0,
+               batches_per_bucket: int = 4, drop_last: bool = False, batching: str = "bucket") -> ShardStream:
+        """`split` read in the cache's own order, batched as `sampler(...)` would within each pool."""
+        samples = self._split_samples(split)
+        return ShardStream(self.dataset(split), self._units(samples),
+                           self.sampler(split, batch_size, shuffle, seed, batches_per_bucket, drop_last, batching),
+                           self.pool)
 
     def loader(self, split: str, batch_size: int, shuffle: Optional[bool] = None, seed: int = 0,
                num_workers: int = 0, batches_per_bucket: int = 4, drop_last: bool = False,
                pin_memory: bool = False, persistent_workers: bool = True, batching: str = "bucket",
-               **loader_options) -> DataLoader:
-        """A DataLoader over `split` with `sampler(...)` as its batch_sampler (`loader.batch_sampler`;
-        its epoch advances with each pass, `set_epoch` sets it) and this data's collate. Create it
-        once and iterate it every epoch. Workers open the cache themselves."""
-        return DataLoader(self.dataset(split), collate_fn=self.collate, num_workers=num_workers,
-                          batch_sampler=self.sampler(split, batch_size, shuffle, seed, batches_per_bucket, drop_last,
-                                                     batching),
-                          pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
-                          **loader_options)
+               **loader_options) -> FusionLoader:
+        """A FusionLoader over `split` with this data's collate: over `stream(...)` when the inputs
+        are not preloaded, else over `dataset(split)` with `sampler(...)` as its batch_sampler.
+        Create it once and iterate it every epoch (`set_epoch` sets the epoch, each pass advances
+        it). Workers open the cache themselves."""
+        options = dict(collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory,
+                       persistent_workers=persistent_workers and num_workers > 0, **loader_options)
+        batching_options = (batch_size, shuffle, seed, batches_per_bucket, drop_last, batching)
+        if self.memory is None:
+            return FusionLoader(self.stream(split, *batching_options), batch_size=None, **options)
+        return FusionLoader(self.dataset(split), batch_sampler=self.sampler(split, *batching_options), **options)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {part: {"utterances": len(self.ids[part]), "samples": len(self.samples[part]),
@@ -778,28 +956,49 @@ class FusionData:
         return moments
 
     def _preload(self, stores: dict[str, list[FeatureStore]]) -> dict[str, dict[str, np.ndarray]]:
-        """Every kept id's input, read once shard by shard, in the stored dtype (pooled: float32)."""
-        needed = {i for part in PARTS for i in self.ids[part]}
-        memory = {}
-        for role, source in self.sources.items():
-            parts: list[dict[str, np.ndarray]] = []
-            for store in stores[role]:
-                found = {}
-                for _, reader in store.iter_shards():
-                    if any(i in needed for i in reader.ids):
-                        for utt_id, array in reader:
-                            if utt_id in needed:
-                                found[utt_id] = np.array(_flat(array)[:self.lengths[role][utt_id]])
-                parts.append(found)
-            joined = {}
-            for utt_id in needed:
-                arrays = [p[utt_id] for p in parts]
-                array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
-                joined[utt_id] = _pool(array) if self.sample_unit == "dialogue" else array
-            memory[role] = joined
+        """Every kept id's input, read once (one read per shard), in the stored dtype (pooled: float32)."""
+        needed = [i for part in PARTS for i in self.ids[part]]
+        memory = read_inputs(stores, needed, self.lengths, self.sample_unit == "dialogue")
         size = sum(a.nbytes for role in memory.values() for a in role.values())
         self.notes.append(f"preloaded {len(needed)} utterances ({size / 2 ** 20:.1f} MiB)")
         return memory
+
+    def _primary_shards(self, raw: dict[str, list[dict[str, int]]],
+                        stores: dict[str, list[FeatureStore]]) -> tuple[str, dict[str, int]]:
+        """The feature whose shards define the pools of a ShardStream, the one with the most bytes
+        (its reads are the whole-shard ones), and for each kept id the position of its shard there."""
+        sized = [(sum(rows.values()) * _row_bytes(store), store) for role in self.sources
+                 for rows, store in zip(raw[role], stores[role])]
+        primary = max(sized, key=lambda entry: entry[0])[1]
+        position = {file: k for k, file in enumerate(primary.shard_files())}
+        kept = (i for part in PARTS for i in self.ids[part])
+        return primary.spec.name, {i: position[primary.shard_of(i)] for i in kept}
+
+    def _units(self, samples: Sequence[tuple[str, ...]]) -> list[ShardUnit]:
+        """Each sample goes to the shard of its first utterance."""
+        members: dict[int, list[int]] = defaultdict(list)
+        for k, sample in enumerate(samples):
+            members[self.shard_of[sample[0]]].append(k)
+        return [ShardUnit(shard, tuple(ks), sum(self._input_bytes(samples[k]) for k in ks))
+                for shard, ks in sorted(members.items())]
+
+    def _input_bytes(self, sample: tuple[str, ...]) -> int:
+        if self.sample_unit == "dialogue":
+            return len(sample) * sum(4 * source.dim for source in self.sources.values())
+        return sum(self.lengths[role][sample[0]] * sum(dim * np.dtype(dtype).itemsize
+                                                       for dim, dtype in zip(source.dims, source.dtypes))
+                   for role, source in self.sources.items())
+
+    def _split_samples(self, split: str) -> list[tuple[str, ...]]:
+        return [sample for part in _parts(split) for sample in self.samples[part]]
+
+
+def _row_bytes(store: FeatureStore) -> int:
+    return int(np.prod(store.spec.row_shape)) * np.dtype(store.spec.dtype).itemsize
+
+
+def _parts(split: str) -> list[str]:
+    return [_part(part) for part in split.split("+")]
 
 
 def _part(split: str) -> str:
