@@ -840,12 +840,11 @@ def opensmile_rows(name: str, fmt: str, clips: Clips, work: Path, args) -> list[
     both = measure_sides({"workers=1": pipeline(1), "workers=2": pipeline(2)}, args.repeats, 0, f"{name} [{fmt}]")
     timed = {1: both["workers=1"], 2: both["workers=2"]}
     # the cost of starting and stopping the local dask cluster alone, measured apart
-    from mer.extract.runner import ExtractConfig, _dask_client
+    from mer.cluster import dask_client
 
     started = time.perf_counter()
-    client, cluster = _dask_client(ExtractConfig(dataset="manifest", features=[name], cache=work, workers=2))
-    client.close()
-    cluster.close()
+    with dask_client(workers=2):
+        pass
     cluster_seconds = time.perf_counter() - started
     outputs = {w: read_back(caches[w], clips.corpus, name) for w in (1, 2)}
     for cache in caches.values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -84,7 +85,8 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
 @click.option("--shard-size", default=128, show_default=True, help="Utterances per shard (the unit of resume).")
 @click.option("--batch-seconds", type=float, help="Audio seconds per batch, padding included (default: 60 on "
               "CUDA, 15 on CPU, where big padded batches run slower).")
-@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]), show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
+              help="auto: CUDA when present (decided on each worker with --scheduler).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Storage dtype for every feature "
               "(default: each extractor's own; openSMILE stores float32).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
@@ -101,7 +103,7 @@ def extract(dataset, root, features, cache, workers, scheduler, decode_workers, 
                            feature_options=feature_options, workers=workers, scheduler=scheduler,
                            decode_workers=decode_workers, threads=threads, strict=strict,
                            retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
-                           device=_device(device), dtype=dtype, compression=compression, progress=not no_progress)
+                           device=device, dtype=dtype, compression=compression, progress=not no_progress)
     summary = run_extract(config, on_report=lambda report: click.echo(format_report(report), err=True))
     if as_json:
         click.echo(json.dumps(_summary_dict(summary), indent=1))
@@ -110,14 +112,6 @@ def extract(dataset, root, features, cache, workers, scheduler, decode_workers, 
     if summary.stopped and summary.stopped.startswith("interrupted"):
         sys.exit(130)
     sys.exit(summary.exit_code)
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _summary_dict(summary) -> dict:
@@ -146,30 +140,46 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
               "(default: the corpus's own).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a model config field (lr, batch_size, max_epochs, audio_feature, ...). Repeatable.")
-@click.option("--ablation", "ablations", multiple=True, metavar="NAME[=VALUE]", help="An ablation switch of the model.")
+@click.option("--ablation", "ablations", multiple=True, metavar="NAME[=VALUE][+...]",
+              help="An ablated run: switches of the model joined by '+' (no_awa+window=30; full: none). Repeated: "
+              "one run each, into --out/<ablation>.")
+@click.option("--ablation-grid", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of ablated runs, one per line as --ablation takes it, each into --out/<ablation>.")
 @click.option("--protocol-option", "protocol_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--folds", help="Comma-separated fold names to run (default: all).")
 @click.option("--workers", default=1, show_default=True, help="Folds in parallel on a local dask cluster.")
+@click.option("--scheduler", metavar="ADDR", help="Train the folds on an existing dask.distributed scheduler "
+              "(tcp://host:8786); its workers must read --cache at the same path.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<model>-<corpus>-...). "
               "The same command again resumes the run there; a different run there is refused.")
 @click.option("--overwrite", is_flag=True, help="Remove a different run found in --out, then train this one.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", type=click.Choice(["cpu", "cuda", "auto"]), show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
+              help="auto: CUDA when present (decided on each worker with --scheduler).")
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
 @click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes per fold.")
-def fuse(model, corpus, cache, protocol, settings, ablations, protocol_options, folds, workers, out, overwrite, seed,
-         device, class_weights, loader_workers) -> None:
+def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, protocol_options, folds, workers,
+         scheduler, out, overwrite, seed, device, class_weights, loader_workers) -> None:
     """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""
-    from mer.fuse.run import FuseConfig, run_fuse
+    from mer.fuse.run import FuseConfig, ablation_switches, read_ablation_grid, run_ablation_grid, run_fuse
     from mer.fuse.trainer import TrainerConfig
 
     config = FuseConfig(model=model, corpus=corpus, cache=cache, protocol=protocol,
                         protocol_options=_key_values(protocol_options, "--protocol-option"),
-                        settings=_key_values(settings, "--set"), ablations=list(ablations), out=out,
-                        overwrite=overwrite, workers=workers, folds=folds.split(",") if folds else None,
-                        trainer=TrainerConfig(device=_device(device), seed=seed, class_weights=class_weights),
+                        settings=_key_values(settings, "--set"), out=out, overwrite=overwrite, workers=workers,
+                        scheduler=scheduler, folds=folds.split(",") if folds else None,
+                        trainer=TrainerConfig(device=device, seed=seed, class_weights=class_weights),
                         loader_workers=loader_workers)
-    run_fuse(config, log=lambda line: click.echo(line, err=True) if line.startswith("[") else click.echo(line))
+    specs = list(ablations) + (read_ablation_grid(ablation_grid) if ablation_grid else [])
+    if ablation_grid or len(specs) > 1:
+        run_ablation_grid(config, specs, _fuse_log)
+    else:
+        run_fuse(replace(config, ablations=ablation_switches(specs[0]) if specs else []), _fuse_log)
+
+
+def _fuse_log(line: str) -> None:
+    """Per-fold progress ("[Ses01] epoch ...") to stderr; the run's header and results to stdout."""
+    click.echo(line, err=line.startswith("["))
 
 
 @cli.command()

@@ -26,10 +26,12 @@ from mer.cache.corpus import corpus_source, merge_corpus_manifest
 from mer.cache.layout import CORPUS_MANIFEST, check_cache_path
 from mer.cache.locks import FolderRemoved
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
+from mer.cluster import dask_client
 from mer.data.audio import SAMPLE_RATE
 from mer.data.corpora import prepare
 from mer.data.decoding import DecodePool, decode_utterances
 from mer.data.utterance import Corpus, CorpusReport, Utterance
+from mer.device import cpu_note, resolve_device
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, build_extractor
 from mer.extract.interrupts import interrupts_deferred
@@ -53,7 +55,7 @@ class ExtractConfig:
     shard_size: int = 128
     batch_seconds: Optional[float] = None  # audio seconds per batch, padding included; None: by device
     batch_items: int = 32  # utterances per batch for text extractors
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when present, decided where the work runs (each worker with a scheduler)
     dtype: Optional[str] = None  # override every feature's storage dtype
     compression: Optional[str] = None
     progress: bool = True
@@ -211,6 +213,7 @@ def write_task(computed: list[ComputedPart], config: ExtractConfig) -> list[Part
 def run_task(task: Task, jobs: list[FeatureJob], config: ExtractConfig,
              on_items: Optional[Callable[[int], None]] = None) -> list[PartResult]:
     """The whole task in one process (a dask worker): decode, compute, write."""
+    config = replace(config, device=resolve_device(config.device))  # this worker's own device
     return write_task(compute_task(decode_task(task), jobs, config, on_items), config)
 
 
@@ -299,6 +302,7 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
         if job not in _extractor_memo:
             _extractor_memo[job] = job.build()
     check_cache_path(config.cache)
+    config = _placed(config)
     needs_audio = not all(_extractor_memo[job].spec.modality == "text" for job in jobs)
     corpus = prepare(config.dataset, config.root, needs_audio, **config.corpus_options)
     if on_report is not None:
@@ -323,6 +327,17 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
     finally:
         run.close()
     return ExtractSummary(corpus.name, summaries, time.time() - started, run.stopped, corpus.report)
+
+
+def _placed(config: ExtractConfig) -> ExtractConfig:
+    """The device resolved here, before any work, unless the work runs on a scheduler's workers."""
+    if config.scheduler:
+        return config
+    device = resolve_device(config.device)
+    note = cpu_note(device, "extracting")
+    if note:
+        print(note, file=sys.stderr)
+    return replace(config, device=device)
 
 
 @contextlib.contextmanager
@@ -448,8 +463,7 @@ class _Run:
         from dask.distributed import as_completed
         from distributed.scheduler import KilledWorker
 
-        client, cluster = _dask_client(self.config)
-        try:
+        with dask_client(self.config.scheduler, self.config.workers, self.config.threads) as client:
             in_flight = max(2, 2 * len(client.scheduler_info()["workers"]))
             tasks = iter(tasks)
             futures = as_completed()
@@ -476,10 +490,6 @@ class _Run:
                 self._commit_deferring_interrupts(task, results)
                 self.progress.update(sum(len(p.ids) for p in task.parts))
                 submit_next()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
     def _commit_deferring_interrupts(self, task: Task, results: list[PartResult]) -> None:
         """A Ctrl-C waits for the commit, so that the summary counts what is on disk."""
@@ -518,24 +528,6 @@ class _Run:
         self.claims.clear()
         for writer in self.writers:
             writer.refresh_manifest()
-
-
-def _dask_client(config: ExtractConfig):
-    """A client for `--scheduler ADDR`, or a local cluster of `--workers` processes."""
-    from dask.distributed import Client, LocalCluster
-
-    if config.scheduler:
-        try:
-            return Client(config.scheduler, timeout=30), None
-        except OSError as exc:
-            raise MerError(f"cannot reach the dask scheduler at {config.scheduler} ({exc}); "
-                           "check the address or start one with `dask scheduler`") from None
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40, env={"OMP_NUM_THREADS": str(threads),
-                                                                        "MKL_NUM_THREADS": str(threads)},
-                           preload=["mer.extract.dask_worker"])  # workers leave Ctrl-C to this process
-    return Client(cluster), cluster
 
 
 def _progress_bar(total: int, enabled: bool):

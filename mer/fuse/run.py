@@ -1,6 +1,9 @@
 """`mer fuse`: every fold of a protocol, trained and evaluated from the cache alone, written
 to a run directory (config.json, metrics.json, predictions.csv, confusion.png, curves.png,
-checkpoints/<fold>.safetensors, norm/<fold>.npz). Folds run in parallel on dask with `workers`.
+checkpoints/<fold>.safetensors, norm/<fold>.npz). Folds run in parallel on dask with `workers`, or
+on an existing dask cluster with `scheduler`; an ablation grid is several runs, one directory each,
+whose (run, fold) tasks share those workers. This process, never a worker, writes the run directories:
+a worker reads the cache and returns the fold's results.
 
 config.json is written before training. A fold, when it finishes, writes its checkpoint, its
 normalisation and then folds/<fold>.json (its results and the checksums of the other two),
@@ -15,6 +18,7 @@ import json
 import shlex
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,7 +28,9 @@ import torch
 from mer import __version__
 from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
+from mer.cluster import dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
+from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
 from mer.fuse.data import FusionData
 from mer.fuse.models import MODELS, build_model, make_config
@@ -34,7 +40,7 @@ from mer.fuse.report import (fold_from_record, fold_record, metrics_document, pl
 from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
 from mer.hashing import sha256_file
 
-PRELOAD_BYTES = 2 << 30  # caches smaller than this are read into memory once per fold
+PRELOAD_BYTES = 2 << 30  # memory for preloaded features, shared by the folds running at once (FuseConfig.preload_budget)
 RUN_ENTRIES = ("config.json", "metrics.json", "predictions.csv", "history.json", "confusion.png", "curves.png",
                "checkpoints", "norm", "folds")  # what --overwrite removes
 # config.json keys that make two runs the same run (not: paths, versions, device, the --set spelling)
@@ -50,13 +56,15 @@ class FuseConfig:
     protocol: Optional[str] = None
     protocol_options: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # model config overrides (`--set key=value`)
-    ablations: list[str] = field(default_factory=list)  # `--ablation no_self`, `--ablation order=cross_self`
+    ablations: list[str] = field(default_factory=list)  # this run's switches, together: no_awa, window=30
     out: Optional[Path] = None
     overwrite: bool = False  # replace a different run in `out` (else refused)
-    workers: int = 1
+    workers: int = 1  # > 1: folds in parallel on a local dask cluster of this many processes
+    scheduler: Optional[str] = None  # address of an existing dask.distributed scheduler that runs the folds
     folds: Optional[list[str]] = None  # a subset of the protocol's folds, by name
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loader_workers: int = 0
+    preload_budget: int = PRELOAD_BYTES  # features the folds running at once may hold in memory; 0: always stream
 
 
 @dataclass
@@ -73,6 +81,27 @@ class FoldJob:
     fold: str
     preload: bool
     loader_workers: int
+
+
+@dataclass
+class PlannedRun:
+    """One run directory: what it trains, the folds already complete in it and the jobs for the others."""
+
+    cfg: FuseConfig
+    config: FusionConfig
+    protocol: str
+    fold_set: FoldSet
+    folds: list[str]
+    features: dict
+    run_dir: Path
+    run_config: dict
+    label: str = ""  # the run's name in a grid's log lines ("no_self"); "" for a run alone
+    done: dict = field(default_factory=dict)  # fold name -> FoldResult
+    jobs: list[FoldJob] = field(default_factory=list)
+    report: Optional[tuple[dict, Path]] = None  # (metrics document, run directory) once every fold is in
+
+
+FULL = "full"  # the ablation spec of the model as it is
 
 
 def corpus_family(corpus: str) -> str:
@@ -161,7 +190,57 @@ def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: Fus
 
 
 def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    cache = FeatureCache(cfg.cache)
+    """One run, its ablation switches together, into `cfg.out`."""
+    return run_all([cfg], log)[0]
+
+
+def run_ablation_grid(cfg: FuseConfig, specs: list[str],
+                      log: Callable[[str], None] = print) -> list[tuple[dict, Path]]:
+    """One run per ablation spec ("no_self", "no_awa+window=30", "full"), each into <out>/<spec>: the run
+    directory `mer fuse --ablation SPEC --out <out>/<spec>` would write, resumed the same way."""
+    return run_all(grid_configs(cfg, specs), log, labelled=True)
+
+
+def run_all(cfgs: list[FuseConfig], log: Callable[[str], None] = print,
+            labelled: bool = False) -> list[tuple[dict, Path]]:
+    """Runs of one command (same cache, corpus, workers): every run is checked before any directory is
+    touched; their folds train as one pool of (run, fold) tasks; each fold is saved as it finishes and each
+    run's report written when its last fold is in."""
+    trainer = _trainer_here(cfgs[0], log)
+    cfgs = [replace(cfg, trainer=trainer) for cfg in cfgs]
+    cache = FeatureCache(cfgs[0].cache)
+    runs = [_plan(cfg, cache, cfg.out.name if labelled else "") for cfg in cfgs]
+    for run in runs:
+        _open(run, cache, log)
+
+    def finish_if_complete(run: PlannedRun) -> None:
+        if len(run.done) == len(run.folds):
+            run.report = _finish(run, log)
+
+    def saved(run: PlannedRun, result: FoldResult) -> None:
+        _save_fold(run.run_dir, result, run.run_config)
+        run.done[result.fold] = result
+        finish_if_complete(run)
+
+    for run in runs:
+        finish_if_complete(run)
+    _train([(run, job) for run in runs for job in run.jobs], cfgs[0], saved, log)
+    return [run.report for run in runs]
+
+
+def _trainer_here(cfg: FuseConfig, log) -> TrainerConfig:
+    """The device resolved here, before any work, unless a scheduler's workers train (each resolves its own)."""
+    if cfg.scheduler:
+        return cfg.trainer
+    device = resolve_device(cfg.trainer.device)
+    note = cpu_note(device, "training")
+    if note:
+        log(note)
+    return replace(cfg.trainer, device=device)
+
+
+def _plan(cfg: FuseConfig, cache: FeatureCache, label: str) -> PlannedRun:
+    """The run's resolved config, features, folds and config.json; nothing is written yet."""
     utterances = cache.utterances(cfg.corpus)
     protocol = cfg.protocol or default_protocol(cfg.corpus)
     fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
@@ -171,31 +250,85 @@ def run_fuse(cfg: FuseConfig, log: Callable[[str], None] = print) -> tuple[dict,
     features = resolve_features(cache, cfg.corpus, cfg.model, config,
                                 model_features(cfg.model, config, cfg.corpus, cfg.settings))
     folds = _chosen_folds(fold_set, cfg.folds)
-    run_dir = _run_dir(cfg, protocol)
-    log(f"{cfg.model} on {cfg.corpus}: protocol {protocol} ({len(folds)} fold(s)) -> {run_dir}")
-    log(fold_set.summary())
     run_config = _config_document(cfg, config, features, fold_set, folds, cache)
-    _claim_run_dir(run_dir, run_config, cfg.overwrite, log)
-    records = {name: run_dir / "folds" / f"{name}.json" for name in folds}
-    done = {name: _load_fold(run_dir, name, run_config) for name, path in records.items() if path.is_file()}
-    for name in done:
-        log(f"[{name}] complete in {records[name]}: loaded, not trained again")
-    preload = _small_enough(cache, cfg.corpus, features)
-    jobs = [FoldJob(cfg.model, config, cfg.trainer, Path(cfg.cache), cfg.corpus, features, fold_set, name, preload,
-                    cfg.loader_workers) for name in folds if name not in done]
-    trained = _run_jobs(jobs, cfg.workers, lambda result: _save_fold(run_dir, result, run_config), log)
-    by_name = {**done, **{result.fold: result for result in trained}}
-    results = [by_name[name] for name in folds]
-    labels = list(fold_set.labels) if fold_set.labels else None
-    extra = {"speaker_independent": fold_set.speaker_independent, "features": features, "seed": cfg.trainer.seed}
-    document = metrics_document(cfg.model, cfg.corpus, protocol, results, extra)
+    return PlannedRun(cfg, config, protocol, fold_set, folds, features, _run_dir(cfg, protocol), run_config, label)
+
+
+def _open(run: PlannedRun, cache: FeatureCache, log) -> None:
+    """Claim the run directory, load its complete folds, and make the jobs of the others."""
+    cfg = run.cfg
+    log(f"{cfg.model} on {cfg.corpus}: protocol {run.protocol} ({len(run.folds)} fold(s)) -> {run.run_dir}")
+    log(run.fold_set.summary())
+    _claim_run_dir(run.run_dir, run.run_config, cfg.overwrite, log)
+    records = {name: run.run_dir / "folds" / f"{name}.json" for name in run.folds}
+    run.done = {name: _load_fold(run.run_dir, name, run.run_config) for name, path in records.items() if path.is_file()}
+    for name in run.done:
+        log(f"[{_tag(run, name)}] complete in {records[name]}: loaded, not trained again")
+    preload = _small_enough(cache, cfg, run.features, log)
+    cache_path = Path(cfg.cache).resolve()  # a worker may run elsewhere: the path as every worker must see it
+    run.jobs = [FoldJob(cfg.model, run.config, cfg.trainer, cache_path, cfg.corpus, run.features, run.fold_set, name,
+                        preload, cfg.loader_workers) for name in run.folds if name not in run.done]
+
+
+def _finish(run: PlannedRun, log) -> tuple[dict, Path]:
+    """metrics.json, history.json, predictions.csv and the plots, from the run's complete folds."""
+    cfg, run_dir = run.cfg, run.run_dir
+    results = [run.done[name] for name in run.folds]
+    labels = list(run.fold_set.labels) if run.fold_set.labels else None
+    extra = {"speaker_independent": run.fold_set.speaker_independent, "features": run.features,
+             "seed": cfg.trainer.seed}
+    document = metrics_document(cfg.model, cfg.corpus, run.protocol, results, extra)
     write_metrics(run_dir, document)
     write_json(run_dir / "history.json", {r.fold: r.history for r in results})
     write_predictions(run_dir, results, labels)
     plot_confusion(run_dir, results, labels)
-    plot_curves(run_dir, results, config.monitor)
-    log(results_table(document, paper_row(config, make_config(cfg.model, corpus_family(cfg.corpus)), protocol)))
+    plot_curves(run_dir, results, run.config.monitor)
+    if run.label:
+        log(f"{run.label}: {run_dir}")
+    paper = paper_row(run.config, make_config(cfg.model, corpus_family(cfg.corpus)), run.protocol)
+    log(results_table(document, paper))
     return document, run_dir
+
+
+def _tag(run: PlannedRun, fold: str) -> str:
+    """A fold's name in log lines: "Ses01", or "no_self/Ses01" in a grid."""
+    return f"{run.label}/{fold}" if run.label else fold
+
+
+def ablation_switches(spec: str) -> list[str]:
+    """"no_awa+window=30" -> ["no_awa", "window=30"] (the papers' row names); "full" -> []."""
+    return [] if spec.strip() == FULL else [part.strip() for part in spec.split("+") if part.strip()]
+
+
+def ablation_name(switches: list[str]) -> str:
+    """A grid run's directory name: its switches sorted, "=true" left out; "full" for none."""
+    return "+".join(sorted(s.removesuffix("=true") for s in switches)) or FULL
+
+
+def grid_configs(cfg: FuseConfig, specs: list[str]) -> list[FuseConfig]:
+    """One config per ablation spec, its `out` the grid's folder (`cfg.out`, or a new one) / its name."""
+    base = Path(cfg.out) if cfg.out is not None else _run_dir(cfg, cfg.protocol or default_protocol(cfg.corpus))
+    configs: dict[str, FuseConfig] = {}
+    for spec in specs:
+        switches = ablation_switches(spec)
+        name = ablation_name(switches)
+        if name in configs:
+            raise MerError(f"--ablation {spec!r}: the grid names the run {name!r} twice; give each run once")
+        configs[name] = replace(cfg, ablations=switches, out=base / name)
+    return list(configs.values())
+
+
+def read_ablation_grid(path: Path) -> list[str]:
+    """A grid file: one run per line, written as `--ablation` takes it; `#` starts a comment."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MerError(f"{path}: unreadable ablation grid ({exc}); write one run per line, e.g. no_self") from None
+    specs = [line.partition("#")[0].strip() for line in lines]
+    if not any(specs):
+        raise MerError(f"{path}: no run in the ablation grid; write one per line, e.g. full, no_self or "
+                       "no_awa+window=30")
+    return [spec for spec in specs if spec]
 
 
 def _chosen_folds(fold_set: FoldSet, wanted: Optional[list[str]]) -> list[str]:
@@ -268,12 +401,26 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _small_enough(cache: FeatureCache, corpus: str, features: dict) -> bool:
+def _small_enough(cache: FeatureCache, cfg: FuseConfig, features: dict, log) -> bool:
+    """Whether each fold preloads its features: they must fit its share of `cfg.preload_budget`, which the
+    `workers` folds running at once on this machine split; else a fold streams pools of whole shards
+    (mer.fuse.data.ShardStream), its memory bounded by the pool. The choice is logged."""
     total = 0
     for name in filter(None, features.values()):
         for part in name.split("+"):
-            total += sum(p.stat().st_size for p in cache.find(corpus, part).directory.glob("shard-*.h5"))
-    return total < PRELOAD_BYTES
+            total += sum(p.stat().st_size for p in cache.find(cfg.corpus, part).directory.glob("shard-*.h5"))
+    at_once = max(1, cfg.workers)
+    share = cfg.preload_budget // at_once
+    preload = total < share
+    how = "each fold reads them into memory once" if preload else \
+        "each fold reads them in pools of whole shards, its memory bounded by the pool"
+    log(f"input: {_size(total)} of cached features, {_size(share)} of preload budget per fold "
+        f"({_size(cfg.preload_budget)} / {at_once} fold(s) at once): {how}")
+    return preload
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
 def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold_set: FoldSet, folds: list[str],
@@ -313,7 +460,7 @@ def fuse_command(run_config: dict, run_dir: Path, overwrite: bool = False) -> st
             run_config["cache"], "--protocol", run_config["protocol"], "--folds", ",".join(run_config["folds"])]
     args += [a for k, v in run_config["protocol_options"].items() for a in ("--protocol-option", f"{k}={v}")]
     args += [a for k, v in run_config["settings"].items() for a in ("--set", f"{k}={v}")]
-    args += [a for ablation in run_config["ablations"] for a in ("--ablation", ablation)]
+    args += ["--ablation", "+".join(run_config["ablations"])] if run_config["ablations"] else []
     args += ["--seed", str(run_config["seed"]), "--device", run_config["device"], "--out", str(run_dir)]
     args += ["--class-weights"] if run_config["trainer"].get("class_weights") else []
     args += ["--overwrite"] if overwrite else []
@@ -360,35 +507,49 @@ def changed_fold_file(run_dir: Path, record: dict) -> Optional[Path]:
     return None
 
 
-def _run_jobs(jobs: list[FoldJob], workers: int, save: Callable[[FoldResult], None], log) -> list[FoldResult]:
+def _train(tasks: list[tuple[PlannedRun, FoldJob]], cfg: FuseConfig, saved: Callable, log) -> None:
     """Each fold is saved the moment it finishes, so a kill loses only the folds in progress."""
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            results.append(train_one_fold(job, log))
-            save(results[-1])
-        return results
-    return _run_on_dask(jobs, workers, save, log)
+    if tasks and (cfg.scheduler or (cfg.workers > 1 and len(tasks) > 1)):
+        _train_on_dask(tasks, cfg, saved, log)
+        return
+    for run, job in tasks:
+        if run.label and job is run.jobs[0]:
+            log(f"[{run.label}] training {len(run.jobs)} fold(s) into {run.run_dir}")
+        saved(run, train_one_fold(job, log))
 
 
-def _run_on_dask(jobs: list[FoldJob], workers: int, save: Callable[[FoldResult], None], log) -> list[FoldResult]:
-    from dask.distributed import Client, LocalCluster, as_completed
+def _train_on_dask(tasks: list[tuple[PlannedRun, FoldJob]], cfg: FuseConfig, saved: Callable, log) -> None:
+    """One dask task per (run, fold). A fold that fails does not stop the others: its error is raised once
+    they are all saved (with a scheduler, workers share the cluster with other users)."""
+    from dask.distributed import as_completed
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
-        futures = [client.submit(train_one_fold, job, None, pure=False) for job in jobs]
-        results = []
-        for future in as_completed(futures):
-            result = future.result()
-            save(result)
-            log(f"[{result.fold}] done: best epoch {result.best_epoch + 1}, test "
+    failure = None
+    with dask_client(cfg.scheduler, cfg.workers) as client:
+        owner = {client.submit(train_one_fold, job, None, pure=False, key=_task_key(run, job)): (run, job)
+                 for run, job in tasks}
+        for future in as_completed(list(owner)):
+            run, job = owner.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 (raised below, after the other folds)
+                log(f"[{_tag(run, job.fold)}] failed: {exc}")
+                failure = failure or exc
+                continue
+            log(f"[{_tag(run, result.fold)}] done: best epoch {result.best_epoch + 1}, test "
                 + " ".join(f"{k}={v:.4f}" for k, v in result.test.items() if isinstance(v, float)))
-            results.append(result)
-    return results
+            saved(run, result)
+    if failure is not None:
+        raise failure
+
+
+def _task_key(run: PlannedRun, job: FoldJob) -> str:
+    return f"fuse-{job.model}-{_tag(run, job.fold)}-{uuid.uuid4().hex[:8]}"
 
 
 def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -> FoldResult:
+    """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
     log = log or (lambda line: None)
+    job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
     config = job.config
     seed_everything(job.trainer.seed, job.trainer.deterministic)  # before the model's initial weights are drawn
     data = FusionData.from_fold_set(job.cache, job.corpus, job.features["audio"], job.features["text"], job.fold_set,
@@ -409,7 +570,7 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
 
     def batches_of(loader):
         def batches(epoch: int):
-            loader.batch_sampler.set_epoch(epoch)
+            loader.set_epoch(epoch)
             return loader
         return batches
 
@@ -425,14 +586,7 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
 def refit_loader_of(data: FusionData, config: FusionConfig, seed: int):
     """Shuffled batches of train + dev together (the refit after dev chose the epoch count); the inputs
     stay normalised with the training split's statistics."""
-    from torch.utils.data import DataLoader
-
-    from mer.fuse.data import BucketBatchSampler, FusionDataset
-
-    dataset = FusionDataset(data.samples["train"] + data.samples["dev"], data.sample_unit, data.sources, data.lengths,
-                            data.label_of, data.memory, data.max_open_shards)
-    sampler = BucketBatchSampler(dataset.sort_keys(), config.batch_size, True, seed, 4, False, config.batching)
-    return DataLoader(dataset, collate_fn=data.collate, batch_sampler=sampler)
+    return data.loader("train+dev", config.batch_size, shuffle=True, seed=seed, batching=config.batching)
 
 
 def _save_checkpoint(path: Path, state_dict: dict) -> None:

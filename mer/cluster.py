@@ -1,0 +1,51 @@
+"""The dask.distributed client behind `--scheduler ADDR` and `--workers N`: `mer extract` sends it
+shard-sized tasks, `mer fuse` one task per (run, fold). The client process keeps what must not be
+done twice (claims and commits of shards, the run directory); workers compute and return.
+
+This module is also the preload of the local cluster's worker processes (see `dask_setup`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Iterator, Optional
+
+from mer.errors import MerError
+
+CONNECT_TIMEOUT_S = 30
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: Optional[str] = None, workers: int = 1, threads: Optional[int] = None) -> Iterator:
+    """A client of the scheduler at `scheduler`, or of a local cluster of `workers` processes with one task
+    thread each and `threads` BLAS/OpenMP threads (default: the cores shared out among them)."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with _connect(scheduler) as client:
+            yield client
+        return
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40, env=env, preload=[__name__]) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _connect(scheduler: str):
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        raise MerError(f"cannot reach the dask scheduler at {scheduler} ({exc}); "
+                       "check the address or start one with `dask scheduler`") from None
+
+
+def dask_setup(worker) -> None:
+    """Run in each worker process of a local cluster. A terminal's Ctrl-C reaches the whole process group,
+    and the client, not each worker, handles it (it stops submitting and closes the cluster), so the workers
+    ignore SIGINT rather than print a traceback each. (Blocking SIGINT while the cluster starts does not reach
+    them: dask starts them from a thread created earlier.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
