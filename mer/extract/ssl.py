@@ -158,6 +158,13 @@ class SslOptions:
         return cls(**values)
 
 
+def compute_dtype(name: str, dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for `dtype=fp32|fp16|bf16`; half precision only on CUDA."""
+    if dtype != "fp32" and device.type != "cuda":
+        raise SslError(f"{name}: dtype={dtype} needs a CUDA device (got {device}); use dtype=fp32")
+    return COMPUTE_DTYPES[dtype]
+
+
 def parse_layers(value: Union[str, int, tuple, list], num_layers: int) -> tuple[int, ...]:
     """`last` -> (N,), `last4` -> (N-3..N), `all` -> (0..N), 6 / "6" -> (6,), "3,6,9" -> (3, 6, 9)."""
     text = str(value).strip().lower() if isinstance(value, str) else None
@@ -337,10 +344,7 @@ class SslExtractor(Extractor):
 
     def load(self, device: str = "cpu") -> None:
         device = torch.device(device)
-        dtype = COMPUTE_DTYPES[self.options.dtype]
-        if dtype != torch.float32 and device.type != "cuda":
-            raise SslError(f"{self.spec.name}: dtype={self.options.dtype} needs a CUDA device (got {device}); "
-                           f"use dtype=fp32")
+        dtype = compute_dtype(self.spec.name, self.options.dtype, device)
         from transformers import AutoModel
 
         with quiet_transformers():
