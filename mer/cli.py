@@ -382,8 +382,13 @@ def _cached(cache: Path, corpus: str, name: str) -> str:
 
 @list_group.command("corpora")
 def list_corpora() -> None:
+    """Each corpus reader with the protocol `mer fuse` uses when none is named (docs/corpora.md)."""
+    from mer.data.protocols import PROTOCOLS, default_protocol
+
     for name in _corpus_names():
-        click.echo(name)
+        protocol = PROTOCOLS.get(default_protocol(name))
+        kind = "speaker-independent" if protocol.speaker_independent else "speaker-dependent or unchecked"
+        click.echo(f"{name:<12} default protocol: {protocol.name:<13} ({kind}) {protocol.description}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def one_line_error(excinfo) -> str:
 
 def test_registry_lists_every_protocol():
     assert PROTOCOLS.names() == sorted(["meld", "iemocap-loso", "iemocap-10fold", "iemocap7-10fold", "mosei",
-                                        "manifest", "demo"])
+                                        "manifest", "demo", "ravdess", "crema-d", "tess", "emodb", "savee",
+                                        "emorynlp", "msp-podcast", "emobox"])
     for name in PROTOCOLS.names():
         proto = PROTOCOLS.get(name)
         assert proto.description and "\n" not in proto.description

@@ -22,6 +22,13 @@ Protocols (docs/protocols.md has the reasons and the papers that use each):
     mosei            official train/dev/test, regression (labels None)
     manifest         the manifest's split column as one fold, or its fold column leave-one-fold-out
     demo             the demo corpus's split (sessions 1-3 train, 4 dev, 5 test), one fold
+    ravdess          6 folds of 4 actors (2 male, 2 female): test one group, dev the next
+    crema-d          5 seeded speaker folds (option folds): test one, dev the next
+    tess / emodb / savee   leave-one-speaker-out (2 / 10 / 4 folds); dev the next speaker, or for
+                     TESS's two speakers a stratified 10% of the training speaker's clips
+    emorynlp         official train/dev/test, one fold
+    msp-podcast      official Train / Development / Test1 (or Test2), one fold
+    emobox           EmoBox's published fold files (option folds_dir)
 
 Input problems (no sessions for a session protocol, a split missing, an unknown label) are a
 MerError with one line naming the fix; a class absent from a training set is a ProtocolWarning.
@@ -58,6 +65,16 @@ IEMOCAP_LABEL_SETS = {  # category -> class, as mer.data.corpora.iemocap.LABEL_S
     "7class": {"fru": "frustration", "neu": "neutral", "ang": "anger", "sad": "sadness",
                "exc": "excitement", "hap": "happiness", "sur": "surprise"},
 }
+RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+CREMAD_EMOTIONS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+TESS_EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "pleasant_surprise", "sad")
+EMODB_EMOTIONS = ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral")
+SAVEE_EMOTIONS = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+EMORYNLP_EMOTIONS = ("neutral", "joyful", "peaceful", "powerful", "scared", "mad", "sad")
+MSP_CATEGORIES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": "fear", "D": "disgust",
+                  "C": "contempt", "N": "neutral"}  # as mer.data.corpora.msp_podcast.CATEGORIES
+MSP_LABEL_SETS = {"8class": tuple(MSP_CATEGORIES.values()), "4class": ("neutral", "happy", "angry", "sad")}
+EMORYNLP_COUNTS = {"train": 7551, "dev": 954, "test": 984}
 IEMOCAP_CATEGORIES = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
 PARTS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "valid": "dev", "val": "dev",
@@ -197,7 +214,9 @@ def make_folds(name: str, utterances: Iterable[Utterance], seed: int = 0, **opti
     return PROTOCOLS.get(name)(utterances, seed=seed, **options)
 
 
-DEFAULT_PROTOCOLS = {"meld": "meld", "iemocap": "iemocap-loso", "mosei": "mosei", "demo": "demo"}
+DEFAULT_PROTOCOLS = {"meld": "meld", "iemocap": "iemocap-loso", "mosei": "mosei", "demo": "demo",
+                     **{name: name for name in ("ravdess", "crema-d", "tess", "emodb", "savee", "emorynlp",
+                                                "msp-podcast")}}
 
 
 def default_protocol(corpus: str) -> str:
@@ -205,12 +224,14 @@ def default_protocol(corpus: str) -> str:
     return DEFAULT_PROTOCOLS.get(corpus, "manifest")
 
 
-HEADLINE_METRICS = {"meld": "weighted_f1"}  # MELD is imbalanced; every other classification protocol: UA
+# MELD and EmoryNLP are imbalanced and their papers report weighted F1; the MSP-Podcast challenge ranks
+# on macro F1; every other classification protocol: UA.
+HEADLINE_METRICS = {"meld": "weighted_f1", "emorynlp": "weighted_f1", "msp-podcast": "macro_f1"}
 
 
 def headline_metric(protocol: str, regression: bool = False) -> str:
-    """The metric a protocol's results are compared on (docs/protocols.md): weighted F1 for MELD,
-    UA (mean per-class recall) for IEMOCAP, manifest and demo, MAE for regression (MOSEI)."""
+    """The metric a protocol's results are compared on (docs/protocols.md): weighted F1 for MELD and
+    EmoryNLP, macro F1 for MSP-Podcast, UA (mean per-class recall) for the others, MAE for regression."""
     return "mae" if regression else HEADLINE_METRICS.get(protocol, "ua")
 
 
@@ -407,6 +428,186 @@ def _demo(utterances: list[Utterance], seed: int) -> _Built:
     return _Built(folds, DEMO_EMOTIONS, targets, _speakers_disjoint(folds, utterances))
 
 
+@protocol("ravdess", "RAVDESS actor folds: 6 folds of 4 consecutive actors (2 male, 2 female); test = one group, "
+                     "dev = the next group, train = the other four", speaker_independent=True)
+def _ravdess(utterances: list[Utterance], seed: int, dev: str = "auto", dev_fraction=0.1) -> _Built:
+    """The groups of the shared ravdess-strong manifest (actors 1-4, 5-8, ...), so results compare."""
+    name = "ravdess"
+    _require_speakers(utterances, name)
+    return _leave_group_out(utterances, seed, name, RAVDESS_EMOTIONS, _actor_group(name), dev, dev_fraction,
+                            "actor group")
+
+
+@protocol("crema-d", "CREMA-D speaker folds: the 91 actors dealt into 5 seeded folds; test = one fold, dev = the "
+                     "next, train = the other three", speaker_independent=True)
+def _crema_d(utterances: list[Utterance], seed: int, folds=5, dev: str = "auto", dev_fraction=0.1) -> _Built:
+    name = "crema-d"
+    k = _count(folds, "folds", name, minimum=2)
+    _require_speakers(utterances, name)
+    speakers = _natural_sorted({u.speaker for u in utterances})
+    if len(speakers) < k:
+        raise MerError(f"{name}: {len(speakers)} speakers, fewer than folds={k}; pass a smaller folds=K")
+    order = _rng(seed, name).permutation(np.array(speakers, dtype=object)).tolist()
+    fold_of = {speaker: f"speakers{i % k + 1}" for i, speaker in enumerate(order)}
+    return _leave_group_out(utterances, seed, name, CREMAD_EMOTIONS, lambda u: fold_of[u.speaker], dev,
+                            dev_fraction, "speaker fold")
+
+
+@protocol("tess", "TESS leave-one-speaker-out: 2 folds; each trains on ONE actress and tests on the other; dev = a "
+                  "seeded, label-stratified 10% of the training actress's clips (both say the same 200 words)",
+          speaker_independent=True)
+def _tess(utterances: list[Utterance], seed: int, dev: str = "auto", dev_fraction=0.1) -> _Built:
+    return _leave_speaker_out(utterances, seed, "tess", TESS_EMOTIONS, dev, dev_fraction)
+
+
+@protocol("emodb", "EmoDB leave-one-speaker-out: 10 folds; test = one speaker, dev = the next speaker, train = "
+                   "the other 8", speaker_independent=True)
+def _emodb(utterances: list[Utterance], seed: int, dev: str = "auto", dev_fraction=0.1) -> _Built:
+    return _leave_speaker_out(utterances, seed, "emodb", EMODB_EMOTIONS, dev, dev_fraction)
+
+
+@protocol("savee", "SAVEE leave-one-speaker-out: 4 folds; test = one speaker, dev = the next speaker, train = the "
+                   "other 2", speaker_independent=True)
+def _savee(utterances: list[Utterance], seed: int, dev: str = "auto", dev_fraction=0.1) -> _Built:
+    return _leave_speaker_out(utterances, seed, "savee", SAVEE_EMOTIONS, dev, dev_fraction)
+
+
+@protocol("emorynlp", "EmoryNLP official split: train 7551 / dev 954 / test 984 utterances, one fold; the main "
+                      "characters speak in every split", speaker_independent=False)
+def _emorynlp(utterances: list[Utterance], seed: int) -> _Built:
+    name = "emorynlp"
+    splits = _official_splits(utterances, name, "read the corpus with --dataset emorynlp")
+    targets = _class_targets(utterances, EMORYNLP_EMOTIONS, name)
+    folds = [_fold("official", utterances, targets, lambda u: splits[u.id])]
+    return _Built(folds, EMORYNLP_EMOTIONS, targets, _speakers_disjoint(folds, utterances),
+                  notes=_count_note(folds[0], EMORYNLP_COUNTS, "EmoryNLP"))
+
+
+@protocol("msp-podcast", "MSP-Podcast official split sets: train = Train, dev = Development, test = Test1 (or "
+                         "Test2), one fold; 8 categories (or 4)", speaker_independent=True)
+def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", labels: str = "auto") -> _Built:
+    """`test`: test1 (default), test2 or both. `labels`: 8class, 4class (neutral, happy, angry, sad) or
+    auto (4class when every label is one of those four, else 8class); classes come from the EmoClass
+    code the reader keeps in extra["category"], so one cache read with labels=all serves both."""
+    name = "msp-podcast"
+    test = _choice(test, ("test1", "test2", "both"), "test", name)
+    labels = _choice(labels, ("auto", "8class", "4class"), "labels", name)
+    values = {u.id: MSP_CATEGORIES.get(u.extra.get("category"), u.label) for u in utterances}
+    if labels == "auto":
+        labels = "4class" if set(u.label for u in utterances) <= set(MSP_LABEL_SETS["4class"]) else "8class"
+    classes = MSP_LABEL_SETS[labels]
+    part_of = {"train": "train", "dev": "dev", "test1": "test" if test in ("test1", "both") else None,
+               "test2": "test" if test in ("test2", "both") else None}
+    targets, excluded, parts = {}, Counter(), {}
+    for utt in utterances:
+        if utt.split not in part_of:
+            raise MerError(f"{name}: {utt.id} has split {utt.split!r}, not train/dev/test1/test2; read the corpus "
+                           "with --dataset msp-podcast")
+        if part_of[utt.split] is None:
+            excluded[f"{utt.split} (test={test})"] += 1
+        elif values[utt.id] not in classes:
+            excluded[f"category {utt.extra.get('category', values[utt.id])} not in {labels}"] += 1
+        else:
+            targets[utt.id], parts[utt.id] = values[utt.id], part_of[utt.split]
+    folds = [_fold("official", utterances, targets, lambda u: parts[u.id])]
+    unknown = sum(1 for u in utterances if u.id in targets and not u.speaker)
+    notes = [f"labels: {labels}; test: {test}"]
+    if unknown:
+        notes.append(f"{unknown} utterances have no known speaker; the split sets are speaker-independent by design")
+    _require_disjoint_speakers(folds, utterances, name)  # over the known speakers
+    return _Built(folds, classes, targets, True, excluded, notes)
+
+
+@protocol("emobox", "EmoBox's published folds (data/<dataset>/fold_N/*_{train,valid,test}_fold_N.jsonl, option "
+                    "folds_dir): train and test as listed; dev = the valid file, or a seeded label-stratified 20% "
+                    "of train where there is none", speaker_independent=False)
+def _emobox(utterances: list[Utterance], seed: int, folds_dir=None, dev_fraction=0.2) -> _Built:
+    """Targets are EmoBox's labels (`emo` through its label_map.json), so the class set is EmoBox's;
+    utterances in no fold file are excluded, fold-file entries with no utterance are a warning."""
+    from mer.data.corpora import _emobox
+
+    name = "emobox"
+    fraction = _fraction(dev_fraction, "dev_fraction", name)
+    emobox_folds, label_map = _emobox.read_folds(folds_dir)
+    index = _emobox.utterance_index(utterances)
+    targets, unmatched, folds, notes = {}, [], [], []
+    for emobox_fold in emobox_folds:
+        parts = {}
+        for part, entries in emobox_fold.parts.items():
+            for entry in entries:
+                uid = _emobox.match(entry, index)
+                if uid is None:
+                    unmatched.append(entry.key)
+                else:
+                    targets[uid] = label_map.get(entry.emo, entry.emo)
+                    parts[uid] = "dev" if part == "valid" else part
+        if "dev" not in parts.values():
+            pool = sorted(uid for uid, part in parts.items() if part == "train")
+            parts.update(dict.fromkeys(_stratified_sample(pool, targets, fraction, _rng(seed, emobox_fold.name)), "dev"))
+            notes.append(f"{emobox_fold.name}: no valid file; dev = a seeded, label-stratified {fraction:g} of train")
+        folds.append(_fold(emobox_fold.name, utterances, parts, lambda u, p=parts: p[u.id]))
+    if not targets:
+        raise MerError(f"{name}: no entry of the fold files in {folds_dir} matches an utterance of this corpus "
+                       "(by clip name or key); pass the EmoBox folder of this corpus")
+    warns = [f"{len(set(unmatched))} fold-file entries match no utterance of this corpus (e.g. {unmatched[0]}): "
+             "those clips are missing here, so the folds are not exactly EmoBox's"] if unmatched else []
+    labels = tuple(dict.fromkeys(v for v in label_map.values() if v in set(targets.values()))) or \
+        tuple(_natural_sorted(set(targets.values())))
+    excluded = Counter({"in no EmoBox fold file": len(utterances) - len(targets)}) if len(targets) < len(utterances) \
+        else Counter()
+    return _Built(folds, labels, targets, _speakers_disjoint(folds, utterances), excluded, notes, warns)
+
+
+def _leave_speaker_out(utterances: list[Utterance], seed: int, name: str, classes: tuple[str, ...], dev: str,
+                       dev_fraction) -> _Built:
+    _require_speakers(utterances, name)
+    return _leave_group_out(utterances, seed, name, classes, lambda u: u.speaker, dev, dev_fraction, "speaker")
+
+
+def _leave_group_out(utterances: list[Utterance], seed: int, name: str, classes: tuple[str, ...],
+                     group_of: Callable[[Utterance], str], dev: str, dev_fraction, what: str) -> _Built:
+    """One fold per group: test = that group; dev = the next group (dev=next), or a seeded, label-stratified
+    `dev_fraction` of the other groups' utterances (dev=stratified); dev=auto: next when there are 3+
+    groups, else stratified (two groups leave no third one for dev)."""
+    dev = _choice(dev, ("auto", "next", "stratified"), "dev", name)
+    fraction = _fraction(dev_fraction, "dev_fraction", name)
+    targets = _class_targets(utterances, classes, name)
+    group = {u.id: group_of(u) for u in utterances}
+    groups = _natural_sorted(set(group.values()))
+    if len(groups) < 2:
+        raise MerError(f"{name}: only one {what} ({groups[0]}); leaving one out needs at least 2")
+    if dev == "auto":
+        dev = "next" if len(groups) >= 3 else "stratified"
+    if dev == "next" and len(groups) < 3:
+        raise MerError(f"{name}: dev=next needs at least 3 {what}s, found {len(groups)}; pass dev=stratified")
+    folds = []
+    for i, held_out in enumerate(groups):
+        test = {uid for uid, g in group.items() if g == held_out}
+        if dev == "next":
+            dev_ids = {uid for uid, g in group.items() if g == groups[(i + 1) % len(groups)]}
+        else:
+            pool = sorted(uid for uid, g in group.items() if g != held_out)
+            dev_ids = _stratified_sample(pool, targets, fraction, _rng(seed, held_out))
+        folds.append(_fold(held_out, utterances, targets, _assign(test, dev_ids)))
+    _require_disjoint_speakers(folds, utterances, name)
+    notes = [f"dev: the next {what}" if dev == "next" else
+             f"dev: a seeded, label-stratified {fraction:g} of the training {what}s' utterances (the dev speakers "
+             "are training speakers, so dev scores are optimistic; test stays speaker-independent)"]
+    return _Built(folds, classes, targets, True, notes=notes)
+
+
+def _actor_group(name: str) -> Callable[[Utterance], str]:
+    def group(utt: Utterance) -> str:
+        digits = re.sub(r"\D", "", str(utt.speaker))
+        if not digits:
+            raise MerError(f"{name}: speaker {utt.speaker!r} of {utt.id} has no actor number; read the corpus "
+                           "with --dataset ravdess")
+        first = (int(digits) - 1) // 4 * 4 + 1
+        return f"actors{first:02d}"
+
+    return group
+
+
 # ----------------------------------------------------------------------------- labels
 
 def _iemocap_targets(utterances: list[Utterance], label_set: str, classes: tuple[str, ...],
@@ -437,6 +638,16 @@ def _iemocap_targets(utterances: list[Utterance], label_set: str, classes: tuple
         raise MerError(f"{name}: no utterance has a {label_set} label; read IEMOCAP with labels={label_set} "
                        "or labels=all")
     return targets, excluded
+
+
+def _class_targets(utterances: list[Utterance], classes: tuple[str, ...], name: str) -> dict[str, str]:
+    targets = {}
+    for utt in utterances:
+        if utt.label not in classes:
+            raise MerError(f"{name}: label {utt.label!r} of {utt.id} is not one of {', '.join(classes)}; read the "
+                           f"corpus with --dataset {name}, or use --protocol manifest")
+        targets[utt.id] = utt.label
+    return targets
 
 
 def _manifest_targets(utterances: list[Utterance], name: str):
@@ -530,6 +741,13 @@ def _sessions(utterances: list[Utterance], name: str) -> list[str]:
             raise MerError(f"{name}: speaker {utt.speaker} appears in sessions {home[utt.speaker]} and {utt.fold} "
                            f"(e.g. {utt.id}); each speaker must belong to one session")
     return sessions
+
+
+def _require_speakers(utterances: list[Utterance], name: str) -> None:
+    missing = [u for u in utterances if not u.speaker]
+    if missing:
+        raise MerError(f"{name}: {len(missing)} utterances have no speaker (e.g. {missing[0].id}); this protocol "
+                       f"leaves speakers out: read the corpus with --dataset {name}")
 
 
 def _session_speakers(utterances: list[Utterance], sessions: list[str], name: str) -> dict[str, list[str]]:
@@ -672,7 +890,7 @@ def _speakers_disjoint(folds: list[Fold], utterances: list[Utterance]) -> bool:
 def _require_disjoint_speakers(folds: list[Fold], utterances: list[Utterance], name: str) -> None:
     speaker = {u.id: u.speaker for u in utterances}
     for fold in folds:
-        shared = {speaker[i] for i in fold.train_ids} & {speaker[i] for i in fold.test_ids}
+        shared = {speaker.get(i) for i in fold.train_ids} & {speaker.get(i) for i in fold.test_ids} - {None}
         if shared:
             raise MerError(f"{name}: fold {fold.name}: speaker {sorted(shared)[0]} is in both train and test; "
                            "fix the speaker/session fields")

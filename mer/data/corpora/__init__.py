@@ -17,7 +17,8 @@ from mer.registry import Registry
 CORPORA: Registry[Callable[..., Corpus]] = Registry("corpus")
 RUNNER_OPTIONS = ("root", "needs_audio")  # set by the caller, never by --set corpus.KEY
 
-for _module in ("demo", "meld", "iemocap", "mosei", "manifest"):
+for _module in ("demo", "meld", "iemocap", "mosei", "manifest", "ravdess", "crema_d", "tess", "emodb", "savee",
+                "emorynlp", "msp_podcast"):
     importlib.import_module(f"mer.data.corpora.{_module}")
 
 
