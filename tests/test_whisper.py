@@ -18,10 +18,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mer.data.utterance import Utterance
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, build_extractor
+from mer.extract.base import EXTRACTORS, build_extractor
 from mer.extract.whisper import CHECKPOINTS, WhisperError
+from tests.test_ssl import items_of, max_abs_diff, speech_like
 from tests.test_ssl import offline_env  # noqa: F401  (autouse: HF_HUB_OFFLINE, a private MER_HOME)
 
 SR = 16000
@@ -46,21 +46,6 @@ def save_tiny_whisper(directory: Path, seed: int = 0, preprocessor: bool = True)
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return save_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper")
-
-
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    n = int(round(seconds * SR))
-    t = np.arange(n, dtype=np.float32) / SR
-    noise = np.random.default_rng(seed).standard_normal(n, dtype=np.float32)
-    return 0.2 * noise + 0.3 * np.sin(np.float32(2 * np.pi * (150 + 40 * seed)) * t)
-
-
-def items_of(waves: list[np.ndarray]) -> list[ExtractItem]:
-    return [ExtractItem(Utterance(id=f"test/u{i}", corpus="test"), audio=w) for i, w in enumerate(waves)]
-
-
-def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 def test_registered_names_and_spec(tiny_dir):

@@ -2,5 +2,5 @@
 
 import importlib
 
-for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper"):
+for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper", "asr"):
     importlib.import_module(f"mer.extract.{_module}")

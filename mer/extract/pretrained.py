@@ -64,14 +64,17 @@ def _find_local(name: str, models_dir: Optional[str | Path]) -> Optional[Path]:
     return None
 
 
-def _from_hub(model_id: str, revision: Optional[str], hint: str) -> ResolvedModel:
+HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "merges.txt")
+
+
+def _from_hub(model_id: str, revision: Optional[str], hint: str, patterns: tuple = HUB_PATTERNS) -> ResolvedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     offline = _hub_offline()
     try:
         path = snapshot_download(model_id, revision=revision, local_files_only=offline,
-                                 allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "merges.txt"])
+                                 allow_patterns=list(patterns))
     except LocalEntryNotFoundError:
         why = "the hub is unreachable" if offline else "the download failed"
         raise ModelNotAvailable(f"model {model_id!r} is not in the local HF cache and {why}; {hint}") from None
