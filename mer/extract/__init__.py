@@ -2,5 +2,5 @@
 
 import importlib
 
-for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper", "asr"):
+for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper", "emotion2vec"):
     importlib.import_module(f"mer.extract.{_module}")
