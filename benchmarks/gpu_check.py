@@ -280,7 +280,7 @@ def make_inputs(plan: Plan, work: Path) -> Inputs:
     cores = os.cpu_count() or 1
     folder = work / "clips"
     bench.make_clips(folder, plan.clips, 0, *plan.seconds, cores)
-    sets = {name: bench.read_clips(bench.write_manifest(work / f"{name}.csv", folder, "mp4", range(n), 0))
+    sets = {name: bench.read_clips(bench.write_manifest(work / f"{name}.csv", folder, "mp4", range(min(n, plan.clips)), 0))
             for name, n in (("all", plan.clips), ("subset", plan.subset_clips),
                             ("precision", plan.precision_clips), ("warm", 3))}
     from mer.data.corpora import prepare
