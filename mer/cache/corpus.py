@@ -118,16 +118,22 @@ def extract_command(cache_root: Path, corpus: str, feature: str, options: Option
     `corpus`, from source.json; with placeholders (and saying so) when the cache does not record how
     the corpus was read."""
     settings = [part for key, value in (options or {}).items() for part in ("--set", f"{feature}.{key}={value}")]
+    return corpus_command(cache_root, corpus, "extract", ["--features", feature], settings)
+
+
+def corpus_command(cache_root: Path, corpus: str, verb: str, args: list[str], tail: list[str] = ()) -> str:
+    """`mer VERB --dataset D [--root R] [--set corpus.K=V ...] ARGS --cache C TAIL`, quoted, from
+    source.json; with placeholders (and saying so) when the cache does not record how the corpus was read."""
     source = read_source(Path(cache_root) / corpus)
+    cache = os.path.abspath(cache_root)
     if source is None:
-        cache = shlex.quote(os.path.abspath(cache_root))
-        tail = "".join(f" {shlex.quote(part)}" for part in settings)
-        return (f"`mer extract --dataset READER --root CORPUS_ROOT --features {shlex.quote(feature)} --cache {cache}"
-                f"{tail}` (READER and CORPUS_ROOT are placeholders: this cache does not record how {corpus} was read)")
-    parts = ["mer", "extract", "--dataset", source["dataset"]]
+        quoted = " ".join(shlex.quote(part) for part in [*args, "--cache", cache, *tail])
+        return (f"`mer {verb} --dataset READER --root CORPUS_ROOT {quoted}` (READER and CORPUS_ROOT are "
+                f"placeholders: this cache does not record how {corpus} was read)")
+    parts = ["mer", verb, "--dataset", source["dataset"]]
     if source.get("root"):
         parts += ["--root", source["root"]]
     for key, value in sorted(source.get("options", {}).items()):
         parts += ["--set", f"corpus.{key}={value}"]
-    parts += ["--features", feature, "--cache", os.path.abspath(cache_root), *settings]
+    parts += [*args, "--cache", cache, *tail]
     return "`" + " ".join(shlex.quote(p) for p in parts) + "`"

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 CACHE_FORMAT_VERSION = 1
-MODALITIES = ("audio", "text")
+MODALITIES = ("audio", "text", "transcript")  # transcript: a text source made from audio (mer/cache/transcripts.py)
 GRANULARITIES = ("frame", "token", "word", "utterance")
 
 
@@ -36,6 +36,11 @@ class FeatureSpec:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+
+    @property
+    def reads(self) -> str:
+        """What the feature is computed from: "text" for text features, "audio" for the others."""
+        return "text" if self.modality == "text" else "audio"
 
     @property
     def row_shape(self) -> tuple:
