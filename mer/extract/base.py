@@ -45,6 +45,20 @@ class Extractor:
         raise NotImplementedError  # noqa: abstract; every registered extractor overrides it
 
 
+def check_options(name: str, options: dict, known: set, error: type[MerError]) -> None:
+    """One line naming the options an extractor does not know, and the ones it does."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise error(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def check_all(checks: dict[str, bool], what: str, error: type[MerError]) -> None:
+    """`checks`: message -> whether it holds; one line with every message that does not."""
+    failed = [message for message, ok in checks.items() if not ok]
+    if failed:
+        raise error(f"{what}: {'; '.join(failed)}")
+
+
 ExtractorFactory = Callable[..., Extractor]
 EXTRACTORS: Registry[ExtractorFactory] = Registry("extractor")
 

@@ -25,6 +25,7 @@ import numpy as np
 from mer.cache.corpus import corpus_source, merge_corpus_manifest
 from mer.cache.layout import CORPUS_MANIFEST, check_cache_path
 from mer.cache.locks import FolderRemoved
+from mer.cache.transcripts import Transcripts, read_transcripts
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
 from mer.cluster import dask_client
 from mer.data.audio import SAMPLE_RATE
@@ -92,10 +93,12 @@ class FeatureJob:
 @dataclass
 class TaskPart:
     feature: int  # index into the run's features
-    modality: str
+    reads: str  # "audio" | "text": what the feature is computed from
     claim_index: int
     ids: list[str]
     feature_dir: Path
+    utterances: Optional[list[Utterance]] = None  # the part's own records (a text source's texts); None: the task's
+    failures: dict[str, str] = field(default_factory=dict)  # ids failed before any work (no transcript)
 
 
 @dataclass
@@ -147,10 +150,14 @@ _extractor_memo: dict[FeatureJob, Extractor] = {}  # built once per process
 _loaded: set[FeatureJob] = set()  # and loaded (weights, devices) once per process
 
 
-def _extractor(job: FeatureJob, device: str) -> Extractor:
+def _build_once(job: FeatureJob) -> Extractor:
     if job not in _extractor_memo:
         _extractor_memo[job] = job.build()
-    extractor = _extractor_memo[job]
+    return _extractor_memo[job]
+
+
+def _extractor(job: FeatureJob, device: str) -> Extractor:
+    extractor = _build_once(job)
     if job not in _loaded:
         extractor.load(device)
         _loaded.add(job)
@@ -176,7 +183,7 @@ class ComputedPart:
 def audio_utterances(task: Task) -> list[Utterance]:
     """The utterances whose audio some audio feature of the task needs, each once."""
     by_id = {u.id: u for u in task.utterances}
-    return [by_id[i] for i in sorted({i for part in task.parts if part.modality == "audio" for i in part.ids})]
+    return [by_id[i] for i in sorted({i for part in task.parts if part.reads == "audio" for i in part.ids})]
 
 
 def decode_task(task: Task) -> DecodedTask:
@@ -185,12 +192,13 @@ def decode_task(task: Task) -> DecodedTask:
 
 def compute_task(decoded: DecodedTask, jobs: list[FeatureJob], config: ExtractConfig,
                  on_items: Optional[Callable[[int], None]] = None) -> list[ComputedPart]:
-    by_id = {u.id: u for u in decoded.task.utterances}
+    task_records = {u.id: u for u in decoded.task.utterances}
     computed = []
     for part in decoded.task.parts:
         extractor = _extractor(jobs[part.feature], config.device)
+        by_id = task_records if part.utterances is None else {u.id: u for u in part.utterances}
         failures = {i: decoded.failures[i] for i in part.ids if i in decoded.failures} \
-            if part.modality == "audio" else {}
+            if part.reads == "audio" else dict(part.failures)
         items = [ExtractItem(by_id[i], decoded.audio.get(i)) for i in part.ids if i not in failures]
         arrays, extras, extract_failures = _extract_items(extractor, items, config, on_items)
         failures.update(extract_failures)
@@ -269,7 +277,7 @@ def make_batches(extractor: Extractor, items: list[ExtractItem], config: Extract
     per-item CPU extractors get single items."""
     if extractor.per_item_cpu:
         return [[item] for item in items]
-    if extractor.modality == "text":
+    if extractor.spec.reads == "text":
         ordered = sorted(items, key=lambda it: len(it.utterance.text))
         return [ordered[i:i + config.batch_items] for i in range(0, len(ordered), config.batch_items)]
     ordered = sorted(items, key=lambda it: len(it.audio))
@@ -299,29 +307,31 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
     jobs = [FeatureJob(name, tuple(sorted(config.feature_options.get(name, {}).items())), config.dtype)
             for name in config.features]
     for job in jobs:  # built first: unknown names and missing models fail before any work
-        if job not in _extractor_memo:
-            _extractor_memo[job] = job.build()
+        _build_once(job)
     check_cache_path(config.cache)
     config = _placed(config)
-    needs_audio = not all(_extractor_memo[job].spec.modality == "text" for job in jobs)
+    needs_audio = not all(_extractor_memo[job].spec.reads == "text" for job in jobs)
     corpus = prepare(config.dataset, config.root, needs_audio, **config.corpus_options)
     if on_report is not None:
         on_report(corpus.report)
     if not corpus.utterances:
         raise MerError(f"{config.root}: the {config.dataset} reader found no utterances; check --root")
-    specs = [_extractor_memo[job].spec for job in jobs]
     updated = merge_corpus_manifest(config.cache, corpus.name, corpus.utterances,
                                     corpus_source(config.dataset, config.root, config.corpus_options))
+    jobs, sources = _with_text_sources(jobs, config.cache, corpus)  # after the merge: source.json names the corpus
+    specs = [_extractor_memo[job].spec for job in jobs]
     if updated:  # the same utterances read with other labels (IEMOCAP 4class, then 7class)
         print(f"{Path(config.cache) / corpus.name / CORPUS_MANIFEST}: updated the annotations of {updated} "
               "utterances", file=sys.stderr)
     writers = [FeatureWriter(config.cache, corpus.name, spec, config.compression) for spec in specs]
     summaries, total = _initial_summaries(writers, corpus, config)
-    utterances = _with_context(corpus.utterances, max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs))
+    turns = max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs)
+    utterances = _with_context(corpus.utterances, turns)
+    sourced = {feature: _sourced(corpus.utterances, source, turns) for feature, source in sources.items()}
     run = _Run(config, jobs, writers, summaries, total)
     try:
         with _torch_threads(config.threads):
-            run.execute(_tasks(utterances, writers, config, run))
+            run.execute(_tasks(utterances, writers, config, run, sourced))
     except KeyboardInterrupt:
         run.stopped = "interrupted; run the same command again to resume"
     finally:
@@ -384,7 +394,44 @@ def _with_context(utterances: list[Utterance], turns: int) -> list[Utterance]:
     return [replace(u, extra={**u.extra, "context": previous.get(u.id, [])}) for u in utterances]
 
 
-def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: ExtractConfig, run: "_Run"):
+@dataclass
+class SourcedTexts:
+    """The utterances as a text source gives them (its transcripts, and contexts made of them)."""
+
+    by_id: dict[str, Utterance]
+    failures: dict[str, str]  # ids the source has no transcript for
+
+    def attach(self, part: TaskPart) -> None:
+        part.failures = {i: self.failures[i] for i in part.ids if i in self.failures}
+        part.utterances = [self.by_id[i] for i in part.ids if i not in self.failures]
+
+
+def _with_text_sources(jobs: list[FeatureJob], cache: Path, corpus: Corpus) -> tuple[list[FeatureJob], dict]:
+    """Each text feature's `text_source=asr:NAME[@HASH]` resolved to the cached asr:NAME@HASH (the name its
+    config hash keys) and read: (the jobs, feature index -> Transcripts). A missing or unfinished source
+    fails here, before any work, naming the `mer transcribe` command that makes it."""
+    resolved, sources = [], {}
+    ids = [u.id for u in corpus.utterances]
+    for feature, job in enumerate(jobs):
+        wanted = getattr(_extractor_memo[job], "text_source", None)
+        if wanted:
+            transcripts = read_transcripts(cache, corpus.name, wanted, ids)
+            if transcripts.source != wanted:
+                job = replace(job, options=tuple(sorted({**dict(job.options), "text_source": transcripts.source}.items())))
+                _build_once(job)
+            sources[feature] = transcripts
+        resolved.append(job)
+    return resolved, sources
+
+
+def _sourced(utterances: list[Utterance], transcripts: Transcripts, turns: int) -> SourcedTexts:
+    """Records with the source's text; an utterance it has no transcript for is empty in others' context."""
+    texts = [replace(u, text=transcripts.texts.get(u.id, "")) for u in utterances]
+    return SourcedTexts({u.id: u for u in _with_context(texts, turns)}, transcripts.failures)
+
+
+def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: ExtractConfig, run: "_Run",
+           sourced: dict[int, "SourcedTexts"]):
     """Claim work chunk by chunk, lazily, so concurrent runs share the remaining work."""
     for start in range(0, len(utterances), config.shard_size):
         chunk = utterances[start:start + config.shard_size]
@@ -394,7 +441,9 @@ def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: Ex
             claim = writer.claim(ids, config.retry_failed)
             if claim is not None:
                 run.claims[(feature, claim.index)] = claim
-                parts.append(TaskPart(feature, writer.spec.modality, claim.index, claim.ids, writer.dir))
+                parts.append(TaskPart(feature, writer.spec.reads, claim.index, claim.ids, writer.dir))
+                if feature in sourced:
+                    sourced[feature].attach(parts[-1])
         if parts:
             needed = {i for part in parts for i in part.ids}
             yield Task(f"{start}", [u for u in chunk if u.id in needed], parts)

@@ -26,6 +26,9 @@ Options (keyword arguments; strings from the CLI, `--set minilm-l6.granularity=u
                  when one layer is chosen
     context_turns  N previous turns of the same dialogue encoded before the utterance
     max_tokens   token budget of one encoded sequence (default 512; never above the model's)
+    text_source  reference (the corpus's transcripts) | asr:NAME[@HASH], transcripts `mer transcribe`
+                 cached (the runner resolves it to asr:NAME@HASH, part of the config hash, and
+                 hands the extractor those texts, dialogue context included)
 
 What one row is:
 * token: every token of the utterance's own encoding, special tokens INCLUDED
@@ -87,6 +90,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from mer.cache.transcripts import ASR_PREFIX, REFERENCE, is_reference
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
 from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, resolve_pretrained, quiet_transformers
@@ -118,6 +122,7 @@ class TextConfig:
     combine: str = "concat"  # concat | stack, when several layers are chosen
     context_turns: int = 0  # previous turns of the dialogue read before the utterance
     max_tokens: int = 512  # budget of one encoded sequence, context included
+    text_source: str = REFERENCE  # the corpus's own transcripts, or a cached one: asr:NAME[@HASH] (mer transcribe)
 
     def __post_init__(self):
         checks = {
@@ -128,6 +133,8 @@ class TextConfig:
                 self.layers in LAYER_WORDS or isinstance(self.layers, (int, tuple)),
             "context_turns must be >= 0": self.context_turns >= 0,
             "max_tokens must be >= 2": self.max_tokens >= 2,
+            f"text_source must be {REFERENCE} or {ASR_PREFIX}NAME[@HASH] (a source `mer transcribe` wrote)":
+                is_reference(self.text_source) or self.text_source.startswith(ASR_PREFIX),
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -283,6 +290,7 @@ class TextExtractor(Extractor):
     def __init__(self, name: str, config: TextConfig, hint: str):
         self.config = config
         self.needs_context_turns = config.context_turns  # the runner fills utterance.extra["context"]
+        self.text_source = None if is_reference(config.text_source) else config.text_source  # the runner swaps the text
         self.resolved = resolve_pretrained(config.model, config.revision, config.models_dir, hint)
         from transformers import AutoConfig
 
@@ -312,6 +320,8 @@ class TextExtractor(Extractor):
             config["word_pool"] = "mean of subwords"
         if cfg.context_turns:
             config["max_tokens"] = cfg.max_tokens
+        if self.text_source:  # reference text stays out: the hashes of features made before sources existed
+            config["text_source"] = cfg.text_source
         return config
 
     # ---- loading
