@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -67,31 +68,43 @@ def parse_settings(settings: tuple[str, ...], features: list[str]) -> tuple[dict
     return corpus_options, feature_options
 
 
+_CORPUS_RUN_OPTIONS = [  # what `mer extract` and `mer transcribe` share: the corpus, the cache, how the work runs
+    click.option("--dataset", required=True, help="Corpus reader: " + ", ".join(_corpus_names())),
+    click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none."),
+    click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared)."),
+    click.option("--workers", default=1, show_default=True, help="Worker processes (> 1: a local dask cluster)."),
+    click.option("--scheduler", metavar="ADDR", help="Submit to an existing dask.distributed scheduler "
+                 "(tcp://host:8786)."),
+    click.option("--decode-workers", type=click.IntRange(min=0), help="Decoder processes beside compute (0: a "
+                 "thread; default: one per spare core, at most 8)."),
+    click.option("--threads", type=click.IntRange(min=1), help="Torch threads for the forward passes "
+                 "(default: torch's own; on a small shared CPU 1 is often fastest)."),
+    click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on)."),
+    click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs."),
+    click.option("--shard-size", default=128, show_default=True, help="Utterances per shard (the unit of resume)."),
+    click.option("--batch-seconds", type=float, help="Audio seconds per batch, padding included (default: 60 on "
+                 "CUDA, 15 on CPU, where big padded batches run slower)."),
+    click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
+                 help="auto: CUDA when present (decided on each worker with --scheduler)."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+]
+
+
+def _corpus_run_options(command):
+    for option in reversed(_CORPUS_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option("--dataset", required=True, help="Corpus reader: " + ", ".join(_corpus_names()))
-@click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none.")
+@_corpus_run_options
 @click.option("--features", required=True, help="Comma-separated extractor names (see `mer list extractors`).")
-@click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared).")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (> 1: a local dask cluster).")
-@click.option("--scheduler", metavar="ADDR", help="Submit to an existing dask.distributed scheduler (tcp://host:8786).")
-@click.option("--decode-workers", type=click.IntRange(min=0), help="Decoder processes beside compute (0: a "
-              "thread; default: one per spare core, at most 8).")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for the forward passes "
-              "(default: torch's own; on a small shared CPU 1 is often fastest).")
-@click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on).")
-@click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs.")
 @click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE",
               help="An option for the corpus reader (corpus.KEY) or one feature (FEATURE.KEY). Repeatable.")
-@click.option("--shard-size", default=128, show_default=True, help="Utterances per shard (the unit of resume).")
-@click.option("--batch-seconds", type=float, help="Audio seconds per batch, padding included (default: 60 on "
-              "CUDA, 15 on CPU, where big padded batches run slower).")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
-              help="auto: CUDA when present (decided on each worker with --scheduler).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Storage dtype for every feature "
               "(default: each extractor's own; openSMILE stores float32).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def extract(dataset, root, features, cache, workers, scheduler, decode_workers, threads, strict, retry_failed, settings,
             shard_size, batch_seconds, device, dtype, compression, no_progress, as_json) -> None:
     """Decode a corpus once and write every requested feature into the cache (resumable)."""
@@ -105,13 +118,45 @@ def extract(dataset, root, features, cache, workers, scheduler, decode_workers, 
                            retry_failed=retry_failed, shard_size=shard_size, batch_seconds=batch_seconds,
                            device=device, dtype=dtype, compression=compression, progress=not no_progress)
     summary = run_extract(config, on_report=lambda report: click.echo(format_report(report), err=True))
-    if as_json:
-        click.echo(json.dumps(_summary_dict(summary), indent=1))
-    else:
-        click.echo(format_summary(summary))
+    _finish_run(summary, _summary_dict(summary) if as_json else None, format_summary(summary))
+
+
+def _finish_run(summary, as_json: Optional[dict], text: str) -> None:
+    """Print the summary (JSON or text); exit 130 when interrupted, else by the summary's outcome."""
+    click.echo(json.dumps(as_json, indent=1) if as_json is not None else text)
     if summary.stopped and summary.stopped.startswith("interrupted"):
         sys.exit(130)
     sys.exit(summary.exit_code)
+
+
+@cli.command()
+@_corpus_run_options
+@click.option("--asr", required=True, metavar="MODEL", help="whisper-tiny, whisper-base, whisper-small, "
+              "whisper-medium, whisper-large-v2, whisper-large-v3, whisper-large-v3-turbo, or hf-whisper:PATH_OR_ID.")
+@click.option("--language", help="Whisper language code or name (en, english); default: detected per clip.")
+@click.option("--task", default="transcribe", show_default=True, type=click.Choice(["transcribe", "translate"]))
+@click.option("--num-beams", default=1, show_default=True, type=click.IntRange(min=1), help="Beam size (1: greedy).")
+@click.option("--max-new-tokens", default=440, show_default=True, type=click.IntRange(1, 444),
+              help="Tokens generated per 30 s window at most.")
+@click.option("--set", "settings", multiple=True, metavar="corpus.KEY=VALUE", help="An option for the corpus reader.")
+def transcribe(asr, language, task, num_beams, max_new_tokens, settings, dataset, root, cache, workers, scheduler,
+               decode_workers, threads, strict, retry_failed, shard_size, batch_seconds, device, no_progress,
+               as_json) -> None:
+    """Whisper transcripts of a corpus's audio into the cache as the text source asr:MODEL@HASH
+    (resumable); prints the WER against the corpus's own transcripts."""
+    from mer.extract.runner import ExtractConfig, format_report
+    from mer.transcribe import format_transcribe_summary, transcribe as run_transcribe
+
+    corpus_options, _ = parse_settings(settings, [])
+    config = ExtractConfig(dataset=dataset, root=root, features=[], cache=cache, corpus_options=corpus_options,
+                           workers=workers, scheduler=scheduler, decode_workers=decode_workers, threads=threads,
+                           strict=strict, retry_failed=retry_failed, shard_size=shard_size,
+                           batch_seconds=batch_seconds, device=device, progress=not no_progress)
+    decoding = {"language": language, "task": task, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    result = run_transcribe(config, asr, decoding, on_report=lambda report: click.echo(format_report(report), err=True))
+    document = {**_summary_dict(result.extraction), "text_source": result.source, "wer": result.wer,
+                "wer_note": result.note} if as_json else None
+    _finish_run(result.extraction, document, format_transcribe_summary(result))
 
 
 def _summary_dict(summary) -> dict:
