@@ -230,15 +230,19 @@ def _fuse_log(line: str) -> None:
 @cli.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="A `mer fuse` run directory.")
 @click.option("--audio", type=click.Path(path_type=Path), help="An audio file (any format, rate, channels).")
-@click.option("--text", default="", help="The transcript (required when the model reads text).")
+@click.option("--text", default="", help="The transcript (without it, a run trained on ASR text transcribes "
+              "--audio with its own ASR).")
+@click.option("--asr", metavar="MODEL", help="Transcribe --audio with this Whisper (whisper-large-v3, "
+              "hf-whisper:PATH_OR_ID) instead of giving --text.")
 @click.option("--no-text", is_flag=True, help="Predict from an empty transcript although the model reads text.")
 @click.option("--fold", help="Use one fold's checkpoint (default: average over all complete folds).")
 @click.option("--json", "as_json", is_flag=True)
-def predict(run_dir, audio, text, no_text, fold, as_json) -> None:
+def predict(run_dir, audio, text, asr, no_text, fold, as_json) -> None:
     """Class probabilities for new audio + text, with the run's own feature extractors."""
     from mer.predict import predict as run_predict
 
-    result = run_predict(run_dir, audio, text, fold, no_text=no_text, warn=lambda line: click.echo(line, err=True))
+    result = run_predict(run_dir, audio, text, fold, no_text=no_text, warn=lambda line: click.echo(line, err=True),
+                         asr=asr)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
@@ -369,6 +373,23 @@ def cache_rm(root, corpus, feature, yes) -> None:
     if not yes:
         click.confirm(f"remove {target}?", abort=True)
     click.echo(f"removed {remove(root, corpus, feature)}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--metric", help="The test metric to compare on (default: the first run's protocol's headline: ua, "
+              "weighted_f1 for MELD / EmoryNLP, macro_f1 for MSP-Podcast, mae for regression).")
+@click.option("--allow-mismatch", is_flag=True, help="Compare runs on different protocols, folds or label sets "
+              "anyway; paired tests use only the folds that test the same utterances in both runs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              help="Folder for compare.png (default: the current one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_dirs, metric, allow_mismatch, out, as_json) -> None:
+    """Finished runs side by side: their test metrics, paired tests against the first, compare.png."""
+    from mer.fuse.compare import compare_runs, format_comparison
+
+    document = compare_runs(list(run_dirs), metric, allow_mismatch, out)
+    click.echo(json.dumps(document, indent=1) if as_json else format_comparison(document))
 
 
 @cli.group("list")

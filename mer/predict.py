@@ -12,7 +12,13 @@ Audio is decoded only as far as the features need: when the model reads at most
 `max_audio_frames` frames (training keeps the FIRST frames) and every audio feature's frames
 depend only on nearby samples, the first ceil(max_audio_frames / frame_rate) seconds plus a
 margin are decoded. Utterance-level features, and frame features that depend on the whole
-file (MFCC's top_db floor relative to the file's peak, SSL encoders' attention), decode it all."""
+file (MFCC's top_db floor relative to the file's peak, SSL encoders' attention), decode it all.
+
+Text: `--text` is used as given. Without it, a run whose text features read an ASR text source
+(config.json `text_sources`) transcribes the whole file with the very ASR config recorded there
+(rebuilt and checked by its config hash); a run trained on the corpus's reference transcripts asks
+for `--text` or `--asr MODEL` and quotes the WERs `mer transcribe` measured on its corpus, the
+price of feeding it ASR text."""
 
 from __future__ import annotations
 
@@ -24,10 +30,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from mer.cache.reader import FeatureCache
+from mer.cache.transcripts import (ASR_PREFIX, REFERENCE, TRANSCRIPT, describe_wer, read_wer, source_name,
+                                   transcribe_command)
 from mer.data.audio import load_audio
 from mer.data.utterance import Utterance
 from mer.errors import MerError
-from mer.extract.base import Extractor, ExtractItem, FeatureSpec, rebuild_extractor
+from mer.extract.base import Extractor, ExtractItem, FeatureSpec, build_extractor, rebuild_extractor
 from mer.extract.spectral import SpectralExtractor
 from mer.fuse.data import IGNORE_LABEL, FusionCollate, NormStats
 from mer.fuse.models import MODELS, build_model
@@ -87,8 +96,9 @@ def _frames_are_local(extractor: Extractor) -> bool:
     return config.log == "ln" or config.top_db is None  # top_db floors at the whole file's peak
 
 
-def extract_inputs(run: dict, config, audio_path: Optional[Path], text: str) -> dict[str, np.ndarray]:
-    """role -> (rows, dim) float32, each role's features joined on the last axis as in training."""
+def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str]) -> dict[str, np.ndarray]:
+    """role -> (rows, dim) float32, each role's features joined on the last axis as in training; a text
+    feature reads the transcript of its text source (`texts`: source -> text)."""
     extractors = {role: [rebuild_extractor(FeatureSpec.from_dict(d)) for d in specs]
                   for role, specs in run["feature_specs"].items()}
     wave = None
@@ -96,12 +106,13 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], text: str) -> 
         if audio_path is None:
             raise MerError(f"this run's model reads audio ({run['features']['audio']}); pass --audio FILE")
         wave = load_audio(audio_path, None, audio_seconds_needed(extractors["audio"], config.max_audio_frames))
-    utterance = Utterance(id="predict/0", corpus="predict", text=text, extra={"context": []})
     inputs = {}
     for role, role_extractors in extractors.items():
         parts = []
         for extractor in role_extractors:
             extractor.load("cpu")
+            text = texts.get(getattr(extractor, "text_source", None) or REFERENCE, "")
+            utterance = Utterance(id="predict/0", corpus="predict", text=text, extra={"context": []})
             array = np.asarray(extractor.extract([ExtractItem(utterance, wave if role == "audio" else None)])[0],
                                dtype=np.float32)
             parts.append(array.reshape(1, -1) if extractor.spec.granularity == "utterance"
@@ -112,7 +123,9 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], text: str) -> 
 
 
 def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional[str] = None, no_text: bool = False,
-            warn: Callable[[str], None] = print) -> dict[str, float]:
+            warn: Callable[[str], None] = print, asr: Optional[str] = None) -> dict[str, float]:
+    """`asr` (whisper-base, hf-whisper:PATH): transcribe the audio with it instead of the text the run
+    was trained on; without `text` and `asr`, a run trained on ASR text transcribes with its own ASR."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     config = MODELS.get(run["model"]).config_class(**run["model_config"])
@@ -120,8 +133,8 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     records = complete_folds(run_dir, run)
     if fold and fold not in records:
         raise MerError(f"--fold {fold}: not a complete fold of {run_dir}; complete folds: {', '.join(records)}")
-    _check_text(run, text, no_text, warn)
-    inputs = extract_inputs(run, config, audio_path, text)
+    texts = transcripts_for(run, audio_path, text, no_text, asr, warn)
+    inputs = extract_inputs(run, config, audio_path, texts)
     outputs = [_predict_fold(run_dir, name, run, config, inputs) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
     if labels is None:
@@ -129,16 +142,69 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     return {label: float(p) for label, p in zip(labels, mean)}
 
 
-def _check_text(run: dict, text: str, no_text: bool, warn: Callable[[str], None]) -> None:
-    reads_text = "text" in run["feature_specs"]
-    if no_text and text.strip():
-        raise MerError("--no-text and --text both given; drop one of them")
-    if reads_text and not text.strip() and not no_text:
-        raise MerError(f"--text is empty, but this run's model reads text ({run['features']['text']}); give the "
-                       "transcript with --text \"...\", or pass --no-text to predict from an empty transcript")
-    if reads_text and no_text:
+def transcripts_for(run: dict, audio_path: Optional[Path], text: str, no_text: bool, asr: Optional[str],
+                    warn: Callable[[str], None]) -> dict[str, str]:
+    """The transcript each text source of the run reads (REFERENCE or asr:NAME@HASH -> text): --text as
+    given, an empty one with --no-text, else the audio transcribed by --asr or by the run's own ASR."""
+    sources = run_text_sources(run)
+    given = [flag for flag, on in (("--text", bool(text.strip())), ("--no-text", no_text), ("--asr", bool(asr))) if on]
+    if len(given) > 1:
+        raise MerError(f"{' and '.join(given)} given together; pass one of them")
+    if not sources:
+        return {}
+    if no_text:
         warn(f"warning: --no-text: predicting from an EMPTY transcript, although the model was trained with text "
              f"({run['features']['text']}); expect worse predictions")
+    if text.strip() or no_text:
+        return {source: text for source in sources}
+    if asr:
+        transcript = _transcribe(build_extractor(ASR_PREFIX + asr), audio_path, warn)
+        warn(f"warning: {_mismatch(run, sources, ASR_PREFIX + asr)}")
+        return {source: transcript for source in sources}
+    if REFERENCE in sources:
+        raise MerError(f"--text is empty, but this run's model reads text ({run['features']['text']}) and was "
+                       f"trained on the corpus's reference transcripts; give the transcript with --text \"...\", or "
+                       f"transcribe --audio with --asr MODEL (e.g. --asr whisper-large-v3: {_asr_cost(run)}), or pass "
+                       "--no-text to predict from an empty transcript")
+    return {source: _transcribe(rebuild_extractor(FeatureSpec.from_dict(run["text_sources"][source]["asr_spec"])),
+                                audio_path, warn) for source in sources}
+
+
+def run_text_sources(run: dict) -> list[str]:
+    """The text sources the run's text features read: REFERENCE and/or asr:NAME@HASH."""
+    specs = run["feature_specs"].get("text", [])
+    return list(dict.fromkeys(spec["config"].get("text_source", REFERENCE) for spec in specs))
+
+
+def _transcribe(transcriber, audio_path: Optional[Path], warn: Callable[[str], None]) -> str:
+    if audio_path is None:
+        raise MerError(f"transcribing with {transcriber.spec.name} needs the audio: pass --audio FILE")
+    transcriber.load("cpu")
+    transcript = transcriber.transcribe([load_audio(audio_path)])[0]
+    warn(f"transcript ({transcriber.spec.name}): {transcript}")
+    return transcript
+
+
+def _mismatch(run: dict, sources: list[str], asr: str) -> str:
+    """What transcribing with `asr` costs a run trained on `sources`."""
+    if REFERENCE in sources:
+        return f"this run was trained on reference transcripts; {asr} gives ASR text instead ({_asr_cost(run)})"
+    if all(source.partition("@")[0] == asr for source in sources):
+        return f"{asr} with its default decoding options, where training read {', '.join(sources)}"
+    return f"this run was trained on text from {', '.join(sources)}; {asr} is another ASR, expect other errors"
+
+
+def _asr_cost(run: dict) -> str:
+    """The WERs `mer transcribe` measured on the run's corpus, or the command that measures one."""
+    try:
+        sources = [f for f in FeatureCache(run["cache"]).features(run["corpus"]) if f.spec.modality == TRANSCRIPT]
+    except (OSError, MerError):
+        sources = []
+    measured = [f"{source_name(f)}: {describe_wer(read_wer(f.directory))}" for f in sources]
+    if measured:
+        return "ASR errors measured on " + run["corpus"] + ": " + "; ".join(measured)
+    command = transcribe_command(Path(run["cache"]), run["corpus"], "asr:whisper-large-v3")
+    return f"the cost of ASR errors on {run['corpus']} is not measured; {command} measures it"
 
 
 def _predict_fold(run_dir: Path, fold: str, run: dict, config, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -163,8 +163,10 @@ def results_table(document: dict, paper: Optional[dict] = None) -> str:
     paper = paper or {}
     n = len(document["folds"])
     how = f"{n} folds, mean +/- std over folds" if n > 1 else "1 fold"
-    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})",
-             f"  {'metric':<12} {'ours':>17} {'paper':>8}"]
+    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})"]
+    for source, wer in document.get("text_sources", {}).items():
+        lines.append(f"  text from ASR: {source} ({'WER not measured' if wer is None else f'WER {wer:.3f}'})")
+    lines.append(f"  {'metric':<12} {'ours':>17} {'paper':>8}")
     for metric, stats in summary.items():
         if stats["mean"] is None:
             ours = "n/a"

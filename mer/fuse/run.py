@@ -28,6 +28,7 @@ import torch
 from mer import __version__
 from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
+from mer.cache.transcripts import find_text_source, read_wer
 from mer.cluster import dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
@@ -276,7 +277,8 @@ def _finish(run: PlannedRun, log) -> tuple[dict, Path]:
     results = [run.done[name] for name in run.folds]
     labels = list(run.fold_set.labels) if run.fold_set.labels else None
     extra = {"speaker_independent": run.fold_set.speaker_independent, "features": run.features,
-             "seed": cfg.trainer.seed}
+             "seed": cfg.trainer.seed, "text_sources": {source: record["wer"] and record["wer"]["wer"]
+                                                        for source, record in run.run_config["text_sources"].items()}}
     document = metrics_document(cfg.model, cfg.corpus, run.protocol, results, extra)
     write_metrics(run_dir, document)
     write_json(run_dir / "history.json", {r.fold: r.history for r in results})
@@ -438,7 +440,20 @@ def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold
             "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
             "ablations": cfg.ablations, "trainer": trainer, "device": cfg.trainer.device, "seed": cfg.trainer.seed,
             "package_version": __version__, "torch_version": torch.__version__,
-            "speaker_independent": fold_set.speaker_independent, "protocol_description": fold_set.description}
+            "speaker_independent": fold_set.speaker_independent, "protocol_description": fold_set.description,
+            "text_sources": _asr_text_sources(cache, cfg.corpus, specs.get("text", []))}
+
+
+def _asr_text_sources(cache: FeatureCache, corpus: str, text_specs: list[dict]) -> dict:
+    """asr:NAME@HASH -> {"asr_spec", "wer"} for each ASR text source the text features read: the ASR
+    config `mer predict` transcribes with, and the WER `mer transcribe` measured. Empty: reference text."""
+    sources = {}
+    for spec in text_specs:
+        source = spec["config"].get("text_source")
+        if source and source not in sources:
+            info = find_text_source(cache.root, corpus, source)
+            sources[source] = {"asr_spec": info.spec.to_dict(), "wer": read_wer(info.directory)}
+    return sources
 
 
 def _fold_ids_digest(fold_set: FoldSet, name: str) -> str:
