@@ -745,7 +745,8 @@ def software() -> str:
     import torch
     import transformers
 
-    return f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    tf32 = f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}"  # GPU rounding
+    return f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, {tf32}"
 
 
 def device_name(device: str) -> str:
