@@ -75,6 +75,7 @@ MSP_CATEGORIES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": 
                   "C": "contempt", "N": "neutral"}  # as mer.data.corpora.msp_podcast.CATEGORIES
 MSP_LABEL_SETS = {"8class": tuple(MSP_CATEGORIES.values()), "4class": ("neutral", "happy", "angry", "sad")}
 EMORYNLP_COUNTS = {"train": 7551, "dev": 954, "test": 984}
+IEMOCAP_MERGED = "excited (exc) -> happy"  # the 4-class set's one merge (IEMOCAP_LABEL_SETS)
 IEMOCAP_CATEGORIES = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
 PARTS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "valid": "dev", "val": "dev",
@@ -173,6 +174,7 @@ class Protocol:
     description: str
     speaker_independent: bool  # as published; the FoldSet says what the data gave
     build: Callable[..., _Built]
+    merged: str = ""  # the classes it merges, in words ("excited -> happy"); "" for none
 
     def options(self) -> list[str]:
         params = list(inspect.signature(self.build).parameters.values())[2:]  # after utterances, seed
@@ -201,9 +203,9 @@ class Protocol:
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
-def protocol(name: str, description: str, speaker_independent: bool):
+def protocol(name: str, description: str, speaker_independent: bool, merged: str = ""):
     def add(build: Callable[..., _Built]) -> Callable[..., _Built]:
-        PROTOCOLS.register(name)(Protocol(name, description, speaker_independent, build))
+        PROTOCOLS.register(name)(Protocol(name, description, speaker_independent, build, merged))
         return build
 
     return add
@@ -233,6 +235,24 @@ def headline_metric(protocol: str, regression: bool = False) -> str:
     """The metric a protocol's results are compared on (docs/protocols.md): weighted F1 for MELD and
     EmoryNLP, macro F1 for MSP-Podcast, UA (mean per-class recall) for the others, MAE for regression."""
     return "mae" if regression else HEADLINE_METRICS.get(protocol, "ua")
+
+
+WA_UA = "WA = accuracy, UA = ua (mean per-class recall)"
+
+
+def protocol_facts(name: str, speaker_independent: Optional[bool] = None, regression: bool = False) -> str:
+    """The line a results header prints, so a reader knows what the numbers mean: speaker independence
+    (the run's own when given: a manifest's depends on its data; else as published), the headline
+    metric, which metric is WA and which UA, and the classes the protocol merged."""
+    entry = PROTOCOLS.get(name) if name in PROTOCOLS else None
+    if speaker_independent is None and entry is not None:
+        speaker_independent = entry.speaker_independent
+    speakers = {True: "speaker-independent", False: "SPEAKER-DEPENDENT", None: "speaker independence unknown"}
+    parts = [f"{name}: {speakers[speaker_independent]}", f"headline {headline_metric(name, regression)}"]
+    if not regression:
+        merged = entry.merged if entry is not None else ""
+        parts += [WA_UA, f"classes merged: {merged}" if merged else "no classes merged"]
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- the protocols
@@ -273,7 +293,7 @@ def _meld(utterances: list[Utterance], seed: int, label: str = "auto") -> _Built
 
 @protocol("iemocap-loso", "IEMOCAP 4-class leave-one-session-out: 5 folds, test = one session (both its "
                           "speakers); dev = a seeded label-stratified 10% of the other sessions' utterances",
-          speaker_independent=True)
+          speaker_independent=True, merged=IEMOCAP_MERGED)
 def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified", dev_fraction=0.1) -> _Built:
     """`dev`: stratified (default; a seeded `dev_fraction` of the training sessions' utterances,
     stratified by label, so training keeps ~90% of four sessions as in the published LOSO results)
@@ -308,7 +328,7 @@ def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified
 
 @protocol("iemocap-10fold", "IEMOCAP 4-class leave-one-speaker-out: 10 folds, test = one speaker, dev = the "
                             "other speaker of the same session, train = the other four sessions",
-          speaker_independent=True)
+          speaker_independent=True, merged=IEMOCAP_MERGED)
 def _iemocap_10fold(utterances: list[Utterance], seed: int) -> _Built:
     name = "iemocap-10fold"
     _sessions(utterances, name)
@@ -520,7 +540,8 @@ def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", la
 
 @protocol("emobox", "EmoBox's published folds (data/<dataset>/fold_N/*_{train,valid,test}_fold_N.jsonl, option "
                     "folds_dir): train and test as listed; dev = the valid file, or a seeded label-stratified 20% "
-                    "of train where there is none", speaker_independent=False)
+                    "of train where there is none", speaker_independent=False,
+          merged="as EmoBox's label_map.json maps the corpus's labels")
 def _emobox(utterances: list[Utterance], seed: int, folds_dir=None, dev_fraction=0.2) -> _Built:
     """Targets are EmoBox's labels (`emo` through its label_map.json), so the class set is EmoBox's;
     utterances in no fold file are excluded, fold-file entries with no utterance are a warning."""

@@ -6,6 +6,7 @@ are rebuilt without retraining (`fold_from_record`)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mer.data.protocols import protocol_facts
 from mer.fuse.metrics import summarise
 
 
@@ -22,6 +24,12 @@ def metrics_document(model: str, corpus: str, protocol: str, folds: list, extra:
     return {"model": model, "corpus": corpus, "protocol": protocol, "folds": rows,
             "summary": {"dev": summarise([f.dev for f in folds]), "test": summarise([f.test for f in folds])},
             **(extra or {})}
+
+
+def digest_of_test_ids(ids) -> str:
+    """A fold's test set, as config.json records it (fold_test_ids): two runs tested on the same utterances
+    have the same digest, whatever their order, seed or dev set."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -163,7 +171,9 @@ def results_table(document: dict, paper: Optional[dict] = None) -> str:
     paper = paper or {}
     n = len(document["folds"])
     how = f"{n} folds, mean +/- std over folds" if n > 1 else "1 fold"
-    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})"]
+    lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})",
+             "  " + protocol_facts(document["protocol"], document.get("speaker_independent"),
+                                   "accuracy" not in summary)]
     for source, wer in document.get("text_sources", {}).items():
         lines.append(f"  text from ASR: {source} ({'WER not measured' if wer is None else f'WER {wer:.3f}'})")
     lines.append(f"  {'metric':<12} {'ours':>17} {'paper':>8}")

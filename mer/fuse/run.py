@@ -36,8 +36,8 @@ from mer.errors import CacheError, MerError
 from mer.fuse.data import FusionData
 from mer.fuse.models import MODELS, build_model, make_config
 from mer.fuse.models.base import FusionConfig, accepted_granularities, paper_row
-from mer.fuse.report import (fold_from_record, fold_record, metrics_document, plot_confusion, plot_curves,
-                             results_table, write_atomically, write_json, write_metrics, write_predictions)
+from mer.fuse.report import (digest_of_test_ids, fold_from_record, fold_record, metrics_document, plot_confusion,
+                             plot_curves, results_table, write_atomically, write_json, write_metrics, write_predictions)
 from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
 from mer.hashing import sha256_file
 
@@ -435,6 +435,7 @@ def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold
     return {"model": cfg.model, "corpus": cfg.corpus, "cache": str(Path(cfg.cache).resolve()),
             "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options, "folds": folds,
             "fold_ids": {name: _fold_ids_digest(fold_set, name) for name in folds},
+            "fold_test_ids": {f.name: digest_of_test_ids(f.test_ids) for f in fold_set.folds if f.name in folds},
             "labels": list(fold_set.labels) if fold_set.labels else None, "features": features,
             "feature_hashes": {role: [s["config_hash"] for s in role_specs] for role, role_specs in specs.items()},
             "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
