@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, OrderedDict, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -393,7 +394,7 @@ class FusionCollate:
         for role in self.roles:
             batch[role], mask = self._pad(role, [item[role] for item in items])
         if mask is None:  # no input at all (never in practice): the mask still says which turns exist
-            mask = _lengths_mask([len(item["ids"]) for item in items])
+            mask = torch.from_numpy(_lengths_mask([len(item["ids"]) for item in items]))
         batch["utterance_mask"] = mask
         for role in self.roles:
             batch[f"{role}_mask"] = mask
@@ -407,21 +408,35 @@ class FusionCollate:
         return torch.tensor(values, dtype=torch.float32 if self.regression else torch.long)
 
     def _pad(self, role: str, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = [len(a) for a in arrays]
-        dim = arrays[0].shape[-1]
-        out = torch.zeros(len(arrays), max(lengths, default=0), dim, dtype=torch.float32)
-        for b, array in enumerate(arrays):
-            out[b, :len(array)] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        mask = _lengths_mask(lengths)
-        if role in self.stats:
-            mean, std = self.stats[role]
-            out.sub_(mean).div_(std).masked_fill_(~mask[..., None], 0.0)
-        return out, mask
+        """Padded float32 (batch, longest, dim) and its mask, with a few calls per batch (a call per
+        item costs more than the arithmetic of a word-level batch); only real rows are normalised."""
+        with _one_thread():
+            rows = torch.from_numpy(np.concatenate(arrays)).float()
+            if role in self.stats:
+                mean, std = self.stats[role]
+                rows.sub_(mean).div_(std)
+        mask = _lengths_mask([len(a) for a in arrays])
+        out = np.zeros((*mask.shape, rows.shape[-1]), np.float32)
+        out[mask] = rows.numpy()  # row-major (item, row) order: the order of the concatenation
+        return torch.from_numpy(out), torch.from_numpy(mask)
 
 
-def _lengths_mask(lengths: Sequence[int]) -> torch.Tensor:
-    lengths_t = torch.as_tensor(list(lengths), dtype=torch.long)
-    return torch.arange(int(lengths_t.max()) if len(lengths_t) else 0)[None, :] < lengths_t[:, None]
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Collating runs between training steps (or in a loader worker, which has one thread anyway):
+    with torch's intra-op threads on busy shared cores, the threads wait for each other, and a
+    float16 -> float32 conversion of a 32 x 11 x 384 batch took 12 ms with 2 threads, 18 us with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lengths_mask(lengths: Sequence[int]) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(lengths.max(initial=0))[None, :] < lengths[:, None]
 
 
 # ----------------------------------------------------------------------------- sampler
