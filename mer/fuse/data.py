@@ -54,7 +54,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, OrderedDict, defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -73,6 +72,7 @@ SAMPLE_UNITS = ("utterance", "dialogue")
 BATCHINGS = ("bucket", "random")  # as mer.fuse.models.base.BATCHINGS
 IGNORE_LABEL = -100  # as mer.fuse.models.base.IGNORE_LABEL (CrossEntropyLoss's ignore_index)
 MIN_STD = 1e-6  # dims whose training std is below this are centred, not scaled
+TARGET_ROLE = "target"  # the NormStats entry of dimensional targets' z-normalisation
 STATS_BLOCK_ELEMENTS = 1 << 22  # rows x dim gathered before one float64 moment update (32 MiB)
 
 
@@ -373,14 +373,14 @@ class FusionCollate:
     each role with `stats` when given; padded positions stay 0."""
 
     def __init__(self, sample_unit: str, roles: Sequence[str], regression: bool = False,
-                 stats: Optional[NormStats] = None):
+                 stats: Optional[NormStats] = None, dimensions: int = 0):
         if sample_unit not in SAMPLE_UNITS:
             raise MerError(f"sample_unit must be one of {SAMPLE_UNITS}, got {sample_unit!r}")
         self.sample_unit = sample_unit
         self.roles = tuple(roles)
         self.regression = regression
-        self.stats = {role: (torch.as_tensor(stats[role].mean, dtype=torch.float32),
-                             torch.as_tensor(stats[role].std, dtype=torch.float32))
+        self.label_shape = (dimensions,) if dimensions else ()  # an utterance's label: a scalar or D targets
+        self.stats = {role: (np.asarray(stats[role].mean, np.float32), np.asarray(stats[role].std, np.float32))
                       for role in self.roles if stats is not None and role in stats}
 
     def __call__(self, items: Sequence[dict]) -> dict:
@@ -398,7 +398,8 @@ class FusionCollate:
         batch["utterance_mask"] = mask
         for role in self.roles:
             batch[f"{role}_mask"] = mask
-        labels = torch.full(mask.shape, IGNORE_LABEL, dtype=torch.float32 if self.regression else torch.long)
+        labels = torch.full((*mask.shape, *self.label_shape), IGNORE_LABEL,
+                            dtype=torch.float32 if self.regression else torch.long)
         for b, item in enumerate(items):
             labels[b, :len(item["labels"])] = self._labels(item["labels"])
         batch["label"] = labels
@@ -408,30 +409,21 @@ class FusionCollate:
         return torch.tensor(values, dtype=torch.float32 if self.regression else torch.long)
 
     def _pad(self, role: str, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded float32 (batch, longest, dim) and its mask, with a few calls per batch (a call per
-        item costs more than the arithmetic of a word-level batch); only real rows are normalised."""
-        with _one_thread():
-            rows = torch.from_numpy(np.concatenate(arrays)).float()
-            if role in self.stats:
-                mean, std = self.stats[role]
-                rows.sub_(mean).div_(std)
-        mask = _lengths_mask([len(a) for a in arrays])
-        out = np.zeros((*mask.shape, rows.shape[-1]), np.float32)
-        out[mask] = rows.numpy()  # row-major (item, row) order: the order of the concatenation
-        return torch.from_numpy(out), torch.from_numpy(mask)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Collating runs between training steps (or in a loader worker, which has one thread anyway):
-    with torch's intra-op threads on busy shared cores, the threads wait for each other, and a
-    float16 -> float32 conversion of a 32 x 11 x 384 batch took 12 ms with 2 threads, 18 us with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+        """Padded float32 (batch, longest, dim) and its mask, with a few numpy calls per batch and one
+        slice copy per item: a call per item costs more than the arithmetic of a word-level batch, a
+        boolean-mask scatter (out[mask] = rows) copies row by row (6x slower on frames), and torch's copies
+        and pad_sequence ran 1.5 to 10x slower than numpy's here. Only real rows are normalised."""
+        lengths = [len(a) for a in arrays]
+        rows = np.concatenate(arrays).astype(np.float32, copy=False)  # (rows of the batch, dim)
+        if role in self.stats:
+            mean, std = self.stats[role]
+            rows -= mean
+            rows /= std
+        mask = _lengths_mask(lengths)
+        padded = np.zeros((*mask.shape, rows.shape[-1]), np.float32)
+        for item, (start, length) in enumerate(zip(np.cumsum(lengths) - lengths, lengths)):
+            padded[item, :length] = rows[start:start + length]
+        return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
 def _lengths_mask(lengths: Sequence[int]) -> np.ndarray:
@@ -685,7 +677,7 @@ class FusionData:
                  max_audio_frames: Optional[int] = None, max_text_len: Optional[int] = None,
                  normalize: Union[bool, Mapping[str, bool]] = True, norm_stats: Optional[NormStats] = None,
                  preload: bool = False, utterances: Optional[Sequence[Utterance]] = None,
-                 pool: PoolConfig = PoolConfig()):
+                 pool: PoolConfig = PoolConfig(), dimensions: Sequence[str] = ()):
         if sample_unit not in SAMPLE_UNITS:
             raise MerError(f"sample_unit must be one of {SAMPLE_UNITS}, got {sample_unit!r}")
         if audio_feature is None and text_feature is None:
@@ -696,6 +688,7 @@ class FusionData:
         self.sample_unit = sample_unit
         self.labels = tuple(labels) if labels is not None else None
         self.regression = labels is None and targets is not None
+        self.dimensions = tuple(dimensions)  # dimensional labels: targets are tuples in this order
         self.max_len = {"audio": _limit(max_audio_frames, "max_audio_frames"),
                         "text": _limit(max_text_len, "max_text_len")}
         self.preload = preload
@@ -723,11 +716,14 @@ class FusionData:
         self.primary, self.shard_of = self._primary_shards(raw, stores)
 
         self.norm_stats = self._stats(norm_stats, stores)
+        if self.dimensions and targets is not None:
+            self._normalise_targets(norm_stats)
         self.memory = self._preload(stores) if preload else None
         if not preload:
             self.notes.append(f"input: read from the cache in pools of up to {pool.shards} whole shards of "
                               f"{self.primary} ({pool.max_bytes / 2 ** 20:.0f} MiB at most), shuffled per epoch")
-        self.collate = FusionCollate(sample_unit, tuple(self.sources), self.regression, self.norm_stats)
+        self.collate = FusionCollate(sample_unit, tuple(self.sources), self.regression, self.norm_stats,
+                                     len(self.dimensions))
 
     @classmethod
     def from_fold_set(cls, cache_root: Union[str, Path], corpus: str, audio_feature: Optional[str],
@@ -745,7 +741,7 @@ class FusionData:
         else:
             raise MerError(f"protocol {fold_set.protocol} has {len(fold_set.folds)} folds; there is no fold {fold}")
         return cls(cache_root, corpus, audio_feature, text_feature, chosen, fold_set.targets, fold_set.labels,
-                   **options)
+                   dimensions=fold_set.dimensions, **options)
 
     # ---- what the trainer reads ----------------------------------------------------------
     @property
@@ -754,7 +750,18 @@ class FusionData:
 
     @property
     def num_classes(self) -> int:
+        """Classes; 1 for one regression value; RegressionTargets(D) for D dimensional targets."""
+        if self.dimensions:
+            from mer.fuse.models.base import RegressionTargets  # the loader imports no model otherwise
+
+            return RegressionTargets(len(self.dimensions))
         return len(self.labels) if self.labels is not None else 1
+
+    @property
+    def target_scale(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(mean, std) of the dimensional targets' z-normalisation; None when there is none."""
+        stats = self.norm_stats.roles.get(TARGET_ROLE)
+        return None if stats is None else (stats.mean, stats.std)
 
     def dataset(self, split: str) -> FusionDataset:
         """The samples of `split` ("train", "dev", "test" or parts joined by "+": "train+dev"), read by id."""
@@ -841,7 +848,7 @@ class FusionData:
     def _label_index(self, targets: Optional[Mapping[str, Label]]) -> dict[str, Union[int, float]]:
         every = [i for part in PARTS for i in self.fold.part(part)]
         if targets is None:
-            return {i: IGNORE_LABEL for i in every}
+            return {i: [IGNORE_LABEL] * len(self.dimensions) if self.dimensions else IGNORE_LABEL for i in every}
         out: dict[str, Union[int, float]] = {}
         index = {label: k for k, label in enumerate(self.labels)} if self.labels is not None else None
         for utt_id in every:
@@ -849,7 +856,9 @@ class FusionData:
                 raise MerError(f"fold {self.fold.name}: {utt_id} has no target under the protocol "
                                "(pass the FoldSet's targets)")
             target = targets[utt_id]
-            if index is None:
+            if self.dimensions:
+                out[utt_id] = [float(value) for value in target]
+            elif index is None:
                 out[utt_id] = float(target)
             elif target not in index:
                 raise MerError(f"{utt_id}: label {target!r} is not one of the protocol's classes "
@@ -857,6 +866,23 @@ class FusionData:
             else:
                 out[utt_id] = index[target]
         return out
+
+    def _normalise_targets(self, given: Optional[NormStats]) -> None:
+        """Dimensional targets as z-scores of the kept training utterances' ratings (or of the `given`
+        run's), recorded in norm_stats: the heads start near 0 with unit spread, so the model begins at
+        the mean rating whatever the scale (1-5, 1-7), and an MSE weighs each dimension alike. CCC and r
+        are unchanged by the shared affine map; the trainer maps outputs back before any metric."""
+        if given is not None and TARGET_ROLE in given:
+            stats = given[TARGET_ROLE]
+        else:
+            train = np.array([self.label_of[i] for i in self.ids["train"]], dtype=np.float64)
+            std = train.std(axis=0)
+            stats = RoleStats(",".join(self.dimensions), train.mean(axis=0), np.where(std < MIN_STD, 1.0, std),
+                              len(train))
+        self.norm_stats.roles[TARGET_ROLE] = stats
+        self.label_of = {i: ((np.asarray(v) - stats.mean) / stats.std).tolist() for i, v in self.label_of.items()}
+        self.notes.append(f"targets: {', '.join(self.dimensions)}, z-normalised with the training split's mean "
+                          f"{np.round(stats.mean, 3).tolist()} and std {np.round(stats.std, 3).tolist()}")
 
     def _lengths(self, raw: dict[str, list[dict[str, int]]], stores: dict[str, list[FeatureStore]]):
         """Cut lengths per role and id; drop reasons; counts of cut and length-mismatched ids."""
