@@ -38,8 +38,8 @@ from mer.data.utterance import Utterance
 from mer.errors import MerError
 from mer.extract.base import Extractor, ExtractItem, FeatureSpec, build_extractor, rebuild_extractor
 from mer.extract.spectral import SpectralExtractor
-from mer.fuse.data import IGNORE_LABEL, FusionCollate, NormStats
-from mer.fuse.models import MODELS, build_model
+from mer.fuse.data import IGNORE_LABEL, TARGET_ROLE, FusionCollate, NormStats
+from mer.fuse.models import MODELS, RegressionTargets, build_model
 from mer.fuse.run import changed_fold_file, fuse_command, read_fold_record, run_digest
 
 MARGIN_SECONDS = 1.0  # beyond the last frame kept: covers every window and delta reach at its edge
@@ -137,6 +137,8 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     inputs = extract_inputs(run, config, audio_path, texts)
     outputs = [_predict_fold(run_dir, name, run, config, inputs) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
+    if run.get("dimensions"):
+        return {name: float(value) for name, value in zip(run["dimensions"], mean)}
     if labels is None:
         return {"prediction": float(mean)}
     return {label: float(p) for label, p in zip(labels, mean)}
@@ -212,9 +214,10 @@ def _predict_fold(run_dir: Path, fold: str, run: dict, config, inputs: dict[str,
 
     checkpoint = run_dir / "checkpoints" / f"{fold}.safetensors"
     stats = NormStats.load(run_dir / "norm" / f"{fold}.npz")
-    labels = run["labels"]
+    labels, dimensions = run["labels"], run.get("dimensions")
     dims = {role: (inputs[role].shape[1] if role in inputs else None) for role in ("audio", "text")}
-    model = build_model(run["model"], len(labels) if labels else 1, dims, config)
+    outputs = len(labels) if labels else RegressionTargets(len(dimensions)) if dimensions else 1
+    model = build_model(run["model"], outputs, dims, config)
     try:
         model.load_state_dict(load_file(str(checkpoint)))
     except RuntimeError as exc:
@@ -225,7 +228,9 @@ def _predict_fold(run_dir: Path, fold: str, run: dict, config, inputs: dict[str,
     collate = FusionCollate(config.sample_unit, tuple(inputs), regression=labels is None, stats=stats)
     batch = collate([_item(config, inputs)])
     with torch.no_grad():
-        logits = model(batch).logits.reshape(-1, len(labels) if labels else 1)[0]
+        logits = model(batch).logits.reshape(-1, outputs)[0]
+    if dimensions:  # the model predicts z-scores of the training ratings (mer.fuse.data.TARGET_ROLE)
+        return logits.numpy() * stats[TARGET_ROLE].std + stats[TARGET_ROLE].mean
     return logits.softmax(-1).numpy() if labels else logits.numpy()[0]
 
 

@@ -1,6 +1,7 @@
 """Every registered fusion model, through its tiny config, on synthetic batches built from the
 config (sample_unit decides utterance vs dialogue mode): forward, backward, finite values,
-padding invariance, a few Adam steps lower the loss, regression output, every ablation runs;
+padding invariance, a few Adam steps lower the loss, regression output (one value, and three
+dimensional targets: RegressionTargets), every ablation runs;
 the unimodal ablations (audio_only / text_only) on batches that hold their modality alone.
 A model added to the registry is picked up here without editing this file."""
 
@@ -14,8 +15,8 @@ import torch
 from mer.errors import MerError
 from mer.fuse.blocks import (AttentionLayer, BiLSTMEncoder, CrossSelfAttentionUnit, masked_max, masked_mean,
                              masked_softmax, symmetric_info_nce)
-from mer.fuse.models import (MODELS, apply_overrides, build_model, fusion_losses, lr_factor, make_config,
-                             model_names, task_loss_for, tiny_config)
+from mer.fuse.models import (MODELS, RegressionTargets, apply_overrides, build_model, fusion_losses, lr_factor,
+                             make_config, model_names, task_loss_for, tiny_config)
 from mer.fuse.models.base import IGNORE_LABEL
 from mer.fuse.run import model_features
 
@@ -48,7 +49,8 @@ def make_batch(config, size: int, num_classes: int, seed: int) -> dict:
         batch = {"audio": _features(size, utterances, "audio", mask, generator),
                  "text": _features(size, utterances, "text", mask, generator),
                  "utterance_mask": mask, "audio_mask": mask, "text_mask": mask}
-        batch["label"] = _labels((size, utterances), num_classes, generator).masked_fill(~mask, IGNORE_LABEL)
+        labels = _labels((size, utterances), num_classes, generator)
+        batch["label"] = labels.masked_fill(~mask.reshape(*mask.shape, *[1] * (labels.dim() - 2)), IGNORE_LABEL)
         return batch
     max_audio, max_text = sequence_limits(config)
     audio_lengths = torch.randint(1, max_audio + 1, (size,), generator=generator)
@@ -67,6 +69,8 @@ def _features(size, length, modality, mask, generator):
 
 
 def _labels(shape, num_classes, generator):
+    if isinstance(num_classes, RegressionTargets):  # one value per target: (..., D)
+        return torch.randn(*shape, num_classes, generator=generator)
     if num_classes == 1:
         return torch.randn(shape, generator=generator)
     return torch.randint(0, num_classes, shape, generator=generator)
@@ -119,7 +123,8 @@ def total_loss(model, batch, num_classes) -> torch.Tensor:
 def check_forward_backward(model, batch, num_classes, all_parameters_used: bool = False):
     model.train()
     output = model(batch)
-    expected = (*batch["label"].shape, num_classes)
+    label_shape = batch["label"].shape[:-1] if isinstance(num_classes, RegressionTargets) else batch["label"].shape
+    expected = (*label_shape, num_classes)
     assert tuple(output.logits.shape) == expected
     assert torch.isfinite(output.logits).all()
     model.zero_grad()
@@ -179,6 +184,11 @@ def test_model(name):
     # regression (num_classes == 1): one output per item
     model = build_model(name, 1, INPUT_DIMS, config=config)
     check_forward_backward(model, make_batch(config, size=3, num_classes=1, seed=4), 1)
+
+    # dimensional regression (valence, activation, dominance): three outputs, the CCC loss, no NaN
+    targets = RegressionTargets(3)
+    model = build_model(name, targets, INPUT_DIMS, config=config)
+    check_forward_backward(model, make_batch(config, size=3, num_classes=targets, seed=5), targets)
 
     # every ablation switch builds and runs
     for switch, values in type(config).ablations.items():

@@ -10,7 +10,10 @@ It returns a FoldSet: `folds` (a list of Fold(name, train_ids, dev_ids, test_ids
 utterance has UNDER THIS PROTOCOL: IEMOCAP utterances read with labels=all or 7class are mapped
 to the 4 classes through their category, MELD utterances to emotion or sentiment),
 `speaker_independent`, a one-line `description`, `excluded` (reason -> count of utterances
-left out, e.g. IEMOCAP categories outside the class set) and `warnings`.
+left out, e.g. IEMOCAP categories outside the class set) and `warnings`. Dimensional labels
+(option labels=dimensional of the iemocap, msp-podcast and demo protocols) make a regression
+FoldSet whose `dimensions` name the targets (valence, activation, dominance) and whose targets
+are tuples of floats in that order, read from the utterances' `extra` annotations.
 
 Protocols (docs/protocols.md has the reasons and the papers that use each):
     meld             official train/dev/test, one fold; 7 emotions or 3 sentiments
@@ -76,6 +79,8 @@ MSP_CATEGORIES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": 
 MSP_LABEL_SETS = {"8class": tuple(MSP_CATEGORIES.values()), "4class": ("neutral", "happy", "angry", "sad")}
 EMORYNLP_COUNTS = {"train": 7551, "dev": 954, "test": 984}
 IEMOCAP_MERGED = "excited (exc) -> happy"  # the 4-class set's one merge (IEMOCAP_LABEL_SETS)
+DIMENSIONS = ("valence", "activation", "dominance")  # the `extra` names the iemocap, msp-podcast and demo readers use
+DIMENSION_ALIASES = {"arousal": "activation"}
 IEMOCAP_CATEGORIES = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
 PARTS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "valid": "dev", "val": "dev",
@@ -114,11 +119,12 @@ class FoldSet:
     labels: Optional[tuple[str, ...]]  # class order (index = class id); None = regression
     speaker_independent: bool  # no test speaker is in the training set of its fold
     description: str
-    targets: dict[str, Label]  # id -> class name or float, for every id in any fold
+    targets: dict[str, Label]  # id -> class name or float (a tuple of floats: dimensions), for every id in any fold
     seed: int = 0
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> utterances left out
     notes: list[str] = field(default_factory=list)  # informational lines (choices made, counts)
     warnings: list[str] = field(default_factory=list)
+    dimensions: tuple[str, ...] = ()  # the regression targets of dimensional labels; () otherwise
 
     @property
     def task(self) -> str:
@@ -128,6 +134,7 @@ class FoldSet:
         """Lines for the console: the protocol, every fold's sizes, exclusions and warnings."""
         kind = "speaker-independent" if self.speaker_independent else "SPEAKER-DEPENDENT"
         classes = "regression" if self.labels is None else f"{len(self.labels)} classes ({', '.join(self.labels)})"
+        classes += f" on {', '.join(self.dimensions)}" if self.dimensions else ""
         n = len(self.folds)
         lines = [f"protocol {self.protocol}: {n} fold{'s' if n != 1 else ''}, {kind}, {classes}, seed {self.seed}",
                  f"  {self.description}"]
@@ -150,6 +157,7 @@ class FoldSet:
             folds.append(entry)
         return {"protocol": self.protocol, "description": self.description, "seed": self.seed,
                 "labels": None if self.labels is None else list(self.labels),
+                **({"dimensions": list(self.dimensions)} if self.dimensions else {}),
                 "speaker_independent": self.speaker_independent, "folds": folds,
                 "excluded": dict(self.excluded), "notes": list(self.notes), "warnings": list(self.warnings)}
 
@@ -166,6 +174,7 @@ class _Built:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     description: Optional[str] = None  # overrides the protocol's when the data decide (manifest)
+    dimensions: tuple[str, ...] = ()  # dimensional labels: the targets' names (labels is then None)
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,7 @@ class Protocol:
             warnings.warn(f"{self.name}: {line}", ProtocolWarning, stacklevel=2)
         return FoldSet(self.name, built.folds, built.labels, built.speaker_independent,
                        built.description or self.description, built.targets, seed,
-                       dict(sorted(built.excluded.items())), built.notes, built.warnings)
+                       dict(sorted(built.excluded.items())), built.notes, built.warnings, built.dimensions)
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
@@ -231,9 +240,12 @@ def default_protocol(corpus: str) -> str:
 HEADLINE_METRICS = {"meld": "weighted_f1", "emorynlp": "weighted_f1", "msp-podcast": "macro_f1"}
 
 
-def headline_metric(protocol: str, regression: bool = False) -> str:
+def headline_metric(protocol: str, regression: bool = False, dimensional: bool = False) -> str:
     """The metric a protocol's results are compared on (docs/protocols.md): weighted F1 for MELD and
-    EmoryNLP, macro F1 for MSP-Podcast, UA (mean per-class recall) for the others, MAE for regression."""
+    EmoryNLP, macro F1 for MSP-Podcast, UA (mean per-class recall) for the others, MAE for regression,
+    the mean CCC over the dimensions for dimensional labels (the field's number for that task)."""
+    if dimensional:
+        return "ccc"
     return "mae" if regression else HEADLINE_METRICS.get(protocol, "ua")
 
 
@@ -294,16 +306,18 @@ def _meld(utterances: list[Utterance], seed: int, label: str = "auto") -> _Built
 @protocol("iemocap-loso", "IEMOCAP 4-class leave-one-session-out: 5 folds, test = one session (both its "
                           "speakers); dev = a seeded label-stratified 10% of the other sessions' utterances",
           speaker_independent=True, merged=IEMOCAP_MERGED)
-def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified", dev_fraction=0.1) -> _Built:
+def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified", dev_fraction=0.1,
+                  labels: str = "4class", dimensions: str = ",".join(DIMENSIONS)) -> _Built:
     """`dev`: stratified (default; a seeded `dev_fraction` of the training sessions' utterances,
     stratified by label, so training keeps ~90% of four sessions as in the published LOSO results)
     or next-session (the session after the test one, cyclically: speaker-independent and
-    dialogue-intact model selection, but training on three sessions only)."""
+    dialogue-intact model selection, but training on three sessions only). `labels`: 4class or
+    dimensional (regression on `dimensions`, every utterance with ratings; dev then unstratified)."""
     name = "iemocap-loso"
     dev = _choice(dev, ("stratified", "next-session"), "dev", name)
     fraction = _fraction(dev_fraction, "dev_fraction", name)
     _sessions(utterances, name)  # sessions and speakers first: the most basic mismatch
-    targets, excluded = _iemocap_targets(utterances, "4class", IEMOCAP4, name)
+    classes, dims, targets, excluded = _iemocap_labels(utterances, labels, dimensions, name)
     kept = [u for u in utterances if u.id in targets]
     sessions = _sessions(kept, name)
     notes, warns = [], _session_count_warning(sessions, name)
@@ -323,16 +337,19 @@ def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified
     share = f", {fraction:.0%} of the training sessions' utterances" if dev == "stratified" else ""
     notes.append(f"dev: {dev}{share}")
     _require_disjoint_speakers(folds, kept, name)
-    return _Built(folds, IEMOCAP4, targets, True, excluded, notes, warns)
+    return _Built(folds, classes, targets, True, excluded, notes + _dimensional_notes(dims), warns,
+                  _dimensional_description(name, dims), dims)
 
 
 @protocol("iemocap-10fold", "IEMOCAP 4-class leave-one-speaker-out: 10 folds, test = one speaker, dev = the "
                             "other speaker of the same session, train = the other four sessions",
           speaker_independent=True, merged=IEMOCAP_MERGED)
-def _iemocap_10fold(utterances: list[Utterance], seed: int) -> _Built:
+def _iemocap_10fold(utterances: list[Utterance], seed: int, labels: str = "4class",
+                    dimensions: str = ",".join(DIMENSIONS)) -> _Built:
+    """`labels`: 4class or dimensional (regression on `dimensions`, every utterance with ratings)."""
     name = "iemocap-10fold"
     _sessions(utterances, name)
-    targets, excluded = _iemocap_targets(utterances, "4class", IEMOCAP4, name)
+    classes, dims, targets, excluded = _iemocap_labels(utterances, labels, dimensions, name)
     kept = [u for u in utterances if u.id in targets]
     sessions = _sessions(kept, name)
     speakers = _session_speakers(kept, sessions, name)
@@ -344,7 +361,8 @@ def _iemocap_10fold(utterances: list[Utterance], seed: int) -> _Built:
             dev_ids = {u.id for u in kept if u.speaker == other}
             folds.append(_fold(speaker, kept, targets, _assign(test, dev_ids)))
     _require_disjoint_speakers(folds, kept, name)
-    return _Built(folds, IEMOCAP4, targets, True, excluded, [], _session_count_warning(sessions, name))
+    return _Built(folds, classes, targets, True, excluded, _dimensional_notes(dims),
+                  _session_count_warning(sessions, name), _dimensional_description(name, dims), dims)
 
 
 @protocol("iemocap7-10fold", "IEMOCAP 7-class (MCSAN): 10 folds of 8:1:1 train/dev/test over utterances, "
@@ -435,9 +453,20 @@ def _manifest(utterances: list[Utterance], seed: int, by: str = "auto", dev_frac
 
 
 @protocol("demo", "demo corpus split: sessions 1-3 train, 4 dev, 5 test, one fold", speaker_independent=True)
-def _demo(utterances: list[Utterance], seed: int) -> _Built:
+def _demo(utterances: list[Utterance], seed: int, labels: str = "emotion",
+          dimensions: str = ",".join(DIMENSIONS)) -> _Built:
+    """`labels`: emotion (the 4 classes) or dimensional (regression on `dimensions`, the values the demo
+    reader derives from each utterance's generating parameters: docs/demo.md)."""
     name = "demo"
+    labels = _choice(labels, ("emotion", "dimensional"), "labels", name)
     splits = _official_splits(utterances, name, "build the corpus with --dataset demo")
+    if labels == "dimensional":
+        dims = _dimension_names(dimensions, name)
+        targets, excluded = _dimensional_targets(utterances, dims, name, "run mer extract --dataset demo again on "
+                                                 "this cache: its manifest predates the demo's dimensions")
+        folds = [_fold("split", utterances, targets, lambda u: splits[u.id])]
+        return _Built(folds, None, targets, _speakers_disjoint(folds, utterances), excluded, _dimensional_notes(dims),
+                      description=_dimensional_description(name, dims), dimensions=dims)
     targets = {}
     for utt in utterances:
         if utt.label not in DEMO_EMOTIONS:
@@ -505,17 +534,22 @@ def _emorynlp(utterances: list[Utterance], seed: int) -> _Built:
 
 @protocol("msp-podcast", "MSP-Podcast official split sets: train = Train, dev = Development, test = Test1 (or "
                          "Test2), one fold; 8 categories (or 4)", speaker_independent=True)
-def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", labels: str = "auto") -> _Built:
-    """`test`: test1 (default), test2 or both. `labels`: 8class, 4class (neutral, happy, angry, sad) or
-    auto (4class when every label is one of those four, else 8class); classes come from the EmoClass
-    code the reader keeps in extra["category"], so one cache read with labels=all serves both."""
+def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", labels: str = "auto",
+                 dimensions: str = ",".join(DIMENSIONS)) -> _Built:
+    """`test`: test1 (default), test2 or both. `labels`: 8class, 4class (neutral, happy, angry, sad),
+    auto (4class when every label is one of those four, else 8class) or dimensional (regression on
+    `dimensions`: EmoVal, EmoAct, EmoDom, every utterance that has them); classes come from the EmoClass
+    code the reader keeps in extra["category"], so one cache read with labels=all serves all of them."""
     name = "msp-podcast"
     test = _choice(test, ("test1", "test2", "both"), "test", name)
-    labels = _choice(labels, ("auto", "8class", "4class"), "labels", name)
+    labels = _choice(labels, ("auto", "8class", "4class", "dimensional"), "labels", name)
+    dims = _dimension_names(dimensions, name) if labels == "dimensional" else ()
     values = {u.id: MSP_CATEGORIES.get(u.extra.get("category"), u.label) for u in utterances}
     if labels == "auto":
         labels = "4class" if set(u.label for u in utterances) <= set(MSP_LABEL_SETS["4class"]) else "8class"
-    classes = MSP_LABEL_SETS[labels]
+    classes = None if dims else MSP_LABEL_SETS[labels]
+    rated, _ = _dimensional_targets(utterances, dims, name, "read the corpus with --dataset msp-podcast "
+                                          "(labels=all keeps every category)") if dims else ({}, Counter())
     part_of = {"train": "train", "dev": "dev", "test1": "test" if test in ("test1", "both") else None,
                "test2": "test" if test in ("test2", "both") else None}
     targets, excluded, parts = {}, Counter(), {}
@@ -525,6 +559,10 @@ def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", la
                            "with --dataset msp-podcast")
         if part_of[utt.split] is None:
             excluded[f"{utt.split} (test={test})"] += 1
+        elif dims and utt.id in rated:
+            targets[utt.id], parts[utt.id] = rated[utt.id], part_of[utt.split]
+        elif dims:
+            excluded[_unrated(dims, tuple(_regression_value(utt.extra.get(d)) for d in dims))] += 1
         elif values[utt.id] not in classes:
             excluded[f"category {utt.extra.get('category', values[utt.id])} not in {labels}"] += 1
         else:
@@ -535,7 +573,8 @@ def _msp_podcast(utterances: list[Utterance], seed: int, test: str = "test1", la
     if unknown:
         notes.append(f"{unknown} utterances have no known speaker; the split sets are speaker-independent by design")
     _require_disjoint_speakers(folds, utterances, name)  # over the known speakers
-    return _Built(folds, classes, targets, True, excluded, notes)
+    return _Built(folds, classes, targets, True, excluded, notes + _dimensional_notes(dims),
+                  description=_dimensional_description(name, dims), dimensions=dims)
 
 
 @protocol("emobox", "EmoBox's published folds (data/<dataset>/fold_N/*_{train,valid,test}_fold_N.jsonl, option "
@@ -630,6 +669,59 @@ def _actor_group(name: str) -> Callable[[Utterance], str]:
 
 
 # ----------------------------------------------------------------------------- labels
+
+def _iemocap_labels(utterances: list[Utterance], labels: str, dimensions: str, name: str):
+    """(classes or None, dimensions, targets, excluded) of an IEMOCAP protocol's `labels` option."""
+    labels = _choice(labels, ("4class", "dimensional"), "labels", name)
+    if labels == "4class":
+        return (IEMOCAP4, (), *_iemocap_targets(utterances, "4class", IEMOCAP4, name))
+    dims = _dimension_names(dimensions, name)
+    fix = "read the corpus with --dataset iemocap (its EmoEvaluation [V, A, D] ratings); --set corpus.labels=all " \
+          "keeps every category"
+    return (None, dims, *_dimensional_targets(utterances, dims, name, fix))
+
+
+def _dimension_names(value, name: str) -> tuple[str, ...]:
+    """"valence,arousal" -> ("valence", "activation"): the dimensions, in the order given, each once."""
+    names = tuple(DIMENSION_ALIASES.get(part.strip().lower(), part.strip().lower()) for part in str(value).split(","))
+    if not all(names) or not set(names) <= set(DIMENSIONS) or len(set(names)) < len(names):
+        raise MerError(f"{name}: dimensions={value!r}: write one or more of {', '.join(DIMENSIONS)} (arousal = "
+                       "activation), comma-separated, each once")
+    return names
+
+
+def _dimensional_targets(utterances: list[Utterance], dimensions: tuple[str, ...], name: str,
+                         fix: str) -> tuple[dict[str, tuple[float, ...]], Counter]:
+    """id -> the utterance's ratings of `dimensions` (from `extra`, as the readers keep them); an
+    utterance without a number for one of them is excluded and counted."""
+    targets, excluded = {}, Counter()
+    for utt in utterances:
+        values = tuple(_regression_value(utt.extra.get(d)) for d in dimensions)
+        if None in values:
+            excluded[_unrated(dimensions, values)] += 1
+        else:
+            targets[utt.id] = values
+    if not targets:
+        raise MerError(f"{name}: no utterance has {', '.join(dimensions)} ratings; {fix}")
+    return targets, excluded
+
+
+def _unrated(dimensions: tuple[str, ...], values: tuple) -> str:
+    """The exclusion reason of an utterance with no number for a dimension."""
+    return f"no {dimensions[values.index(None)]} rating"
+
+
+def _dimensional_notes(dims: tuple[str, ...]) -> list[str]:
+    return [f"labels: dimensional, regression on {', '.join(dims)} (every rated utterance, any category)"] \
+        if dims else []
+
+
+def _dimensional_description(name: str, dims: tuple[str, ...]) -> Optional[str]:
+    """The protocol's description, its class set replaced by the regression targets; None for classes."""
+    if not dims:
+        return None
+    return f"{PROTOCOLS.get(name).description}; labels=dimensional: regression on {', '.join(dims)}, not the classes"
+
 
 def _iemocap_targets(utterances: list[Utterance], label_set: str, classes: tuple[str, ...],
                      name: str) -> tuple[dict[str, str], Counter]:
@@ -825,12 +917,12 @@ def _by_class(ids: Sequence[str], targets: dict) -> dict:
 
 def _stratified_sample(pool: Sequence[str], targets: dict, fraction: float, rng: np.random.Generator) -> set[str]:
     """round(fraction * len(pool)) ids, each class contributing its share (largest remainder);
-    `pool` must be sorted so the draw depends on the set only. Regression targets (floats) are
-    sampled without stratification."""
+    `pool` must be sorted so the draw depends on the set only. Regression targets (floats, or
+    tuples of dimensional ratings) are sampled without stratification."""
     total = int(round(fraction * len(pool)))
     if total == 0:
         return set()
-    if any(isinstance(targets[uid], float) for uid in pool):
+    if any(isinstance(targets[uid], (float, tuple)) for uid in pool):
         return set(rng.permutation(np.array(pool, dtype=object))[:total].tolist())
     groups = _by_class(pool, targets)
     shares = {c: fraction * len(ids) for c, ids in groups.items()}

@@ -21,6 +21,13 @@ Regression (CMU-MOSEI sentiment in [-3, 3]), as the MMSA toolkit (thuiar/MMSA,
     f1 and f1_has0 are WEIGHTED F1 over the two binary classes (sklearn average="weighted"),
     which is what MMSA reports as "F1" and what papers quoting MMSA numbers mean.
 
+Dimensional regression (valence / activation / dominance: labels=dimensional), per dimension D
+and their mean over the dimensions:
+    ccc_D        = Lin's concordance correlation coefficient, 2 cov / (var_t + var_p + (mean_t - mean_p)^2)
+                   with POPULATION statistics (ddof=0), as the AVEC / MSP-Podcast challenges compute it
+    corr_D, mae_D = Pearson r and mean absolute error, as above
+    ccc, corr, mae = their means over the dimensions; `ccc` is the headline (higher is better)
+
 `summarise` turns per-fold metric dicts into {"<metric>": {"mean", "std"}} with the SAMPLE
 standard deviation (ddof=1, the spread of the fold scores as an estimate; 0.0 for one fold).
 
@@ -214,6 +221,29 @@ def corr(y_true, y_pred) -> float:
     return float(np.clip((dt @ dp) / denom, -1.0, 1.0))
 
 
+def ccc(y_true, y_pred) -> float:
+    """Concordance correlation coefficient with population statistics; NaN for fewer than 2 values or
+    when both sides are the same constant (0 / 0)."""
+    t, p = _floats(y_true, y_pred)
+    if len(t) < 2:
+        return math.nan
+    denominator = t.var() + p.var() + (t.mean() - p.mean()) ** 2
+    if denominator == 0.0:
+        return math.nan
+    return float(2 * np.mean((t - t.mean()) * (p - p.mean())) / denominator)
+
+
+def dimensional_metrics(y_true, y_pred, dimensions: Sequence[str]) -> dict:
+    """{"ccc", "corr", "mae"} (means over the dimensions), then {"ccc_D", "corr_D", "mae_D"} per dimension D;
+    y_true and y_pred are (n, len(dimensions))."""
+    t, p = (np.asarray(y, dtype=float).reshape(-1, len(dimensions)) for y in (y_true, y_pred))
+    functions = {"ccc": ccc, "corr": corr, "mae": mae}
+    per = {f"{metric}_{name}": function(t[:, k], p[:, k]) for k, name in enumerate(dimensions)
+           for metric, function in functions.items()}
+    means = {metric: float(np.mean([per[f"{metric}_{name}"] for name in dimensions])) for metric in functions}
+    return {**means, **per}
+
+
 def regression_metrics(y_true, y_pred) -> dict:
     """{"acc7", "acc2", "f1", "mae", "corr", "acc2_has0", "f1_has0"}; see the module docstring."""
     return {"acc7": acc7(y_true, y_pred), "acc2": acc2(y_true, y_pred), "f1": f1(y_true, y_pred),
@@ -221,9 +251,11 @@ def regression_metrics(y_true, y_pred) -> dict:
             "acc2_has0": acc2_has0(y_true, y_pred), "f1_has0": f1_has0(y_true, y_pred)}
 
 
-def compute_metrics(y_true, y_pred, labels: Optional[Sequence] = None) -> dict:
-    """classification_metrics when `labels` is a class list, regression_metrics when it is None
-    (the protocol's `labels`, which is None for regression)."""
+def compute_metrics(y_true, y_pred, labels: Optional[Sequence] = None, dimensions: Sequence[str] = ()) -> dict:
+    """classification_metrics when `labels` is a class list, dimensional_metrics when `dimensions` are
+    given (the protocol's, for dimensional labels), else regression_metrics (labels None: regression)."""
+    if dimensions:
+        return dimensional_metrics(y_true, y_pred, dimensions)
     if labels is None:
         return regression_metrics(y_true, y_pred)
     return classification_metrics(y_true, y_pred, labels)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -83,11 +83,17 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_predictions(run_dir: Path, folds: list, labels: Optional[list[str]]) -> None:
+def write_predictions(run_dir: Path, folds: list, labels: Optional[list[str]], dimensions: Sequence[str] = ()) -> None:
+    """One row per utterance and split: target and prediction (class names, or values), the class
+    probabilities p_<class>; for dimensional labels a target_<D> and a prediction_<D> column per dimension."""
     def write(path: Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            header = ["fold", "split", "id", "target", "prediction"]
+            if dimensions:
+                header = ["fold", "split", "id", *(f"target_{d}" for d in dimensions),
+                          *(f"prediction_{d}" for d in dimensions)]
+            else:
+                header = ["fold", "split", "id", "target", "prediction"]
             header += [f"p_{name}" for name in labels] if labels else []
             writer.writerow(header)
             for fold in folds:
@@ -103,7 +109,8 @@ def _prediction_row(fold, split, utt_id, predictions, i, labels) -> list:
         probs = predictions.outputs[i]
         return [fold, split, utt_id, labels[int(predictions.targets[i])], labels[int(probs.argmax())],
                 *(f"{p:.5f}" for p in probs)]
-    return [fold, split, utt_id, f"{predictions.targets[i]:.4f}", f"{predictions.outputs[i]:.4f}"]
+    values = np.concatenate([np.ravel(predictions.targets[i]), np.ravel(predictions.outputs[i])])
+    return [fold, split, utt_id, *(f"{value:.4f}" for value in values)]
 
 
 def plot_confusion(run_dir: Path, folds: list, labels: Optional[list[str]]) -> None:
@@ -142,7 +149,8 @@ def plot_curves(run_dir: Path, folds: list, monitor: str) -> None:
         loss_ax.plot(epochs, [h["train"]["total"] for h in fold.history], label=f"{fold.fold} train")
         loss_ax.plot(epochs, [h["dev"]["loss"] for h in fold.history], "--", label=f"{fold.fold} dev")
         dev = fold.history[0]["dev"]
-        metric = monitor if monitor in dev and monitor != "loss" else ("accuracy" if "accuracy" in dev else "mae")
+        metric = monitor if monitor in dev and monitor != "loss" else next((m for m in ("accuracy", "ccc") if m in dev),
+                                                                           "mae")
         metric_ax.plot(epochs, [h["dev"].get(metric, np.nan) for h in fold.history], label=fold.fold)
         metric_ax.axvline(fold.best_epoch + 1, color="grey", lw=0.5)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train total, dev task)")
@@ -176,12 +184,13 @@ def results_table(document: dict, paper: Optional[dict] = None) -> str:
                                    "accuracy" not in summary)]
     for source, wer in document.get("text_sources", {}).items():
         lines.append(f"  text from ASR: {source} ({'WER not measured' if wer is None else f'WER {wer:.3f}'})")
-    lines.append(f"  {'metric':<12} {'ours':>17} {'paper':>8}")
+    width = max([12, *map(len, summary)])  # per-dimension names (ccc_activation) are longer
+    lines.append(f"  {'metric':<{width}} {'ours':>17} {'paper':>8}")
     for metric, stats in summary.items():
         if stats["mean"] is None:
             ours = "n/a"
         else:
             ours = f"{stats['mean']:.4f} +/- {stats['std']:.4f}" if n > 1 else f"{stats['mean']:.4f}"
         theirs = f"{paper[metric]:.4f}" if metric in paper else ""
-        lines.append(f"  {metric:<12} {ours:>17} {theirs:>8}")
+        lines.append(f"  {metric:<{width}} {ours:>17} {theirs:>8}")
     return "\n".join(lines)

@@ -247,7 +247,7 @@ def _plan(cfg: FuseConfig, cache: FeatureCache, label: str) -> PlannedRun:
     fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
     config = resolve_config(cfg)
     if config.monitor == "headline":
-        config = replace(config, monitor=headline_metric(protocol, fold_set.labels is None))
+        config = replace(config, monitor=headline_metric(protocol, fold_set.labels is None, bool(fold_set.dimensions)))
     features = resolve_features(cache, cfg.corpus, cfg.model, config,
                                 model_features(cfg.model, config, cfg.corpus, cfg.settings))
     folds = _chosen_folds(fold_set, cfg.folds)
@@ -282,7 +282,7 @@ def _finish(run: PlannedRun, log) -> tuple[dict, Path]:
     document = metrics_document(cfg.model, cfg.corpus, run.protocol, results, extra)
     write_metrics(run_dir, document)
     write_json(run_dir / "history.json", {r.fold: r.history for r in results})
-    write_predictions(run_dir, results, labels)
+    write_predictions(run_dir, results, labels, run.fold_set.dimensions)
     plot_confusion(run_dir, results, labels)
     plot_curves(run_dir, results, run.config.monitor)
     if run.label:
@@ -436,7 +436,8 @@ def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold
             "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options, "folds": folds,
             "fold_ids": {name: _fold_ids_digest(fold_set, name) for name in folds},
             "fold_test_ids": {f.name: digest_of_test_ids(f.test_ids) for f in fold_set.folds if f.name in folds},
-            "labels": list(fold_set.labels) if fold_set.labels else None, "features": features,
+            "labels": list(fold_set.labels) if fold_set.labels else None, "dimensions": list(fold_set.dimensions),
+            "features": features,
             "feature_hashes": {role: [s["config_hash"] for s in role_specs] for role, role_specs in specs.items()},
             "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
             "ablations": cfg.ablations, "trainer": trainer, "device": cfg.trainer.device, "seed": cfg.trainer.seed,
@@ -594,7 +595,8 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     result = train_fold(model, config, job.trainer, job.fold, batches_of(train_loader), lambda: loader("dev", False),
                         lambda: loader("test", False), list(data.labels) if data.labels else None,
                         train_targets, log, refit_batches=batches_of(refit_loader) if refit_loader else None,
-                        train_size=len(data.ids["train"]), refit_size=len(data.ids["train"]) + len(data.ids["dev"]))
+                        train_size=len(data.ids["train"]), refit_size=len(data.ids["train"]) + len(data.ids["dev"]),
+                        dimensions=data.dimensions, target_scale=data.target_scale)
     result.norm_stats = data.norm_stats
     return result
 

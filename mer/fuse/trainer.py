@@ -19,7 +19,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from mer.errors import MerError
 from mer.fuse.metrics import compute_metrics
-from mer.fuse.models.base import IGNORE_LABEL, FusionConfig, fusion_losses, lr_factor, task_loss_for
+from mer.fuse.models.base import (IGNORE_LABEL, FusionConfig, RegressionTargets, fusion_losses, lr_factor,
+                                  task_loss_for)
 
-LOWER_IS_BETTER = {"loss", "mae"}
+LOWER_IS_BETTER = {"loss", "mae"}  # and each dimension's mae_<dimension>; every other metric: higher is better
 
 
 @dataclass
@@ -47,12 +48,17 @@ class TrainerConfig:
 @dataclass
 class Predictions:
     ids: list[str]
-    targets: np.ndarray  # class indices, or floats for regression
-    outputs: np.ndarray  # (n, C) probabilities, or (n,) regression values
+    targets: np.ndarray  # class indices, floats for regression, or (n, D) for D dimensional targets
+    outputs: np.ndarray  # (n, C) probabilities, (n,) regression values, or (n, D) dimensional values
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.outputs if self.outputs.ndim == 1 else self.outputs.argmax(axis=1)
+        dimensional = self.targets.ndim == 2
+        return self.outputs if self.outputs.ndim == 1 or dimensional else self.outputs.argmax(axis=1)
+
+    def rescaled(self, mean: np.ndarray, std: np.ndarray) -> "Predictions":
+        """Dimensional targets and outputs back from z-scores to the corpus's scale."""
+        return Predictions(self.ids, self.targets * std + mean, self.outputs * std + mean)
 
 
 @dataclass
@@ -81,18 +87,28 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
                test_batches: Callable[[], Iterable[dict]], labels: Optional[list[str]],
                train_targets: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
                refit_batches: Optional[Callable[[int], Iterable[dict]]] = None,
-               train_size: Optional[int] = None, refit_size: Optional[int] = None) -> FoldResult:
+               train_size: Optional[int] = None, refit_size: Optional[int] = None,
+               dimensions: Sequence[str] = (), target_scale: Optional[tuple] = None) -> FoldResult:
     """`train_batches(epoch)` yields the training batches of one epoch (shuffled by epoch);
     `dev_batches()` and `test_batches()` yield evaluation batches; `refit_batches(epoch)`, those
     of train + dev (used when the config's `refit_on_dev` is on). `train_size`, `refit_size`: the
     utterances trained on, for a config whose weight decay depends on it (`weight_decay_for(n)`:
-    the linear probe's 1 / (C n))."""
+    the linear probe's 1 / (C n)). `dimensions`: the targets of dimensional labels (labels None);
+    `target_scale` (mean, std): their z-normalisation, undone before metrics and predictions."""
     seed_everything(trainer.seed, trainer.deterministic)
     device = torch.device(trainer.device)
     model.to(device)
     initial_state = _state_copy(model)
-    num_classes = len(labels) if labels else 1
-    task_loss = task_loss_for(num_classes, _class_weights(train_targets, num_classes) if trainer.class_weights else None)
+    num_classes = len(labels) if labels else RegressionTargets(len(dimensions)) if dimensions else 1
+    weights = _class_weights(train_targets, num_classes) if trainer.class_weights else None
+    task_loss = task_loss_for(num_classes, weights, config.regression_loss)
+
+    def evaluated(batches: Iterable[dict]) -> tuple[float, Predictions]:
+        loss, predictions = evaluate(model, batches, task_loss, device, use_amp)
+        return loss, predictions if target_scale is None else predictions.rescaled(*target_scale)
+
+    def metrics(predictions: Predictions) -> dict:
+        return compute_metrics(predictions.targets, predictions.predicted, labels, dimensions)
     optimiser = torch.optim.Adam(_parameter_groups(model, weight_decay_of(config, train_size)), lr=config.lr)
     use_amp = trainer.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -102,10 +118,9 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
         started = time.time()
         train_terms = _train_epoch(model, config, trainer, optimiser, scaler, train_batches(epoch), epoch, task_loss,
                                    device, use_amp)
-        dev_loss, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
+        dev_loss, dev_predictions = evaluated(dev_batches())
         if math.isfinite(dev_loss):
-            dev_metrics = {"loss": dev_loss,
-                           **_numbers(compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels))}
+            dev_metrics = {"loss": dev_loss, **_numbers(metrics(dev_predictions))}
             score = -epoch if config.monitor == "last" else _score(dev_metrics, config.monitor)
         else:  # diverged: the outputs are NaN too, and a NaN epoch must never become the best
             dev_metrics, score = {"loss": dev_loss}, math.nan
@@ -127,14 +142,12 @@ def train_fold(model: nn.Module, config: FusionConfig, trainer: TrainerConfig, f
         raise MerError(f"fold {fold}: the dev {what} was NaN in every epoch ({len(history)} epochs), so there is no "
                        f"best checkpoint; training diverged: lower the learning rate, e.g. --set lr={config.lr / 10:g}")
     model.load_state_dict(best_state)
-    _, dev_predictions = evaluate(model, dev_batches(), task_loss, device, use_amp)
+    _, dev_predictions = evaluated(dev_batches())
     if getattr(config, "refit_on_dev", False) and refit_batches is not None:
         best_state = _refit(model, config, trainer, initial_state, best_epoch + 1, refit_batches, task_loss,
                             weight_decay_of(config, refit_size), device, use_amp, fold, log)
-    _, test_predictions = evaluate(model, test_batches(), task_loss, device, use_amp)
-    return FoldResult(fold, best_epoch, history,
-                      compute_metrics(dev_predictions.targets, dev_predictions.predicted, labels),
-                      compute_metrics(test_predictions.targets, test_predictions.predicted, labels),
+    _, test_predictions = evaluated(test_batches())
+    return FoldResult(fold, best_epoch, history, metrics(dev_predictions), metrics(test_predictions),
                       dev_predictions, test_predictions, best_state)
 
 
@@ -193,7 +206,8 @@ def _refit(model, config, trainer, initial_state, epochs, refit_batches, task_lo
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict], task_loss, device: torch.device,
              use_amp: bool = False) -> tuple[float, Predictions]:
-    """Mean task loss over utterances and the per-utterance predictions (dialogues flattened)."""
+    """Mean task loss over utterances and the per-utterance predictions (dialogues flattened). Labels
+    with an axis of their own (batch[, utterances], D) are dimensional targets: outputs kept as (n, D)."""
     model.eval()
     ids, targets, outputs, loss_sum, count = [], [], [], 0.0, 0
     for batch in batches:
@@ -201,13 +215,18 @@ def evaluate(model: nn.Module, batches: Iterable[dict], task_loss, device: torch
         with torch.autocast(device.type, enabled=use_amp):
             logits = model(batch).logits.float()
         labels = batch["label"]
-        real = (labels != IGNORE_LABEL).reshape(-1)
+        dimensional = labels.dim() == logits.dim()
+        flat_labels = labels.reshape(-1, labels.size(-1)) if dimensional else labels.reshape(-1, 1)
+        real = flat_labels[:, 0] != IGNORE_LABEL
         n = int(real.sum())
         loss_sum += float(task_loss(logits, labels)) * n
         count += n
         flat_logits = logits.reshape(-1, logits.size(-1))[real]
-        outputs.append(flat_logits.squeeze(-1) if logits.size(-1) == 1 else flat_logits.softmax(-1))
-        targets.append(labels.reshape(-1)[real])
+        if dimensional:
+            outputs.append(flat_logits)
+        else:
+            outputs.append(flat_logits.squeeze(-1) if logits.size(-1) == 1 else flat_logits.softmax(-1))
+        targets.append(flat_labels[real] if dimensional else flat_labels[real, 0])
         ids.extend(_flat_ids(batch["ids"]))
     return loss_sum / max(1, count), Predictions(ids, torch.cat(targets).cpu().numpy(), torch.cat(outputs).cpu().numpy())
 
@@ -251,7 +270,11 @@ def _score(metrics: dict, monitor: str) -> float:
         raise MerError(f"monitor {monitor!r} is not among the dev metrics {sorted(metrics)}{hint}; "
                        "e.g. --set monitor=loss")
     value = metrics[monitor]
-    return value if monitor in LOWER_IS_BETTER else -value
+    return value if lower_is_better(monitor) else -value
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER or metric.startswith("mae_")
 
 
 def _numbers(metrics: dict) -> dict:
@@ -260,6 +283,6 @@ def _numbers(metrics: dict) -> dict:
 
 def _epoch_line(fold, epoch, max_epochs, train_terms, dev_metrics, monitor, improved, seconds) -> str:
     terms = " ".join(f"{name}={value:.4f}" for name, value in train_terms.items())
-    shown = {k: v for k, v in dev_metrics.items() if k in ("loss", monitor, "accuracy", "weighted_f1", "mae")}
+    shown = {k: v for k, v in dev_metrics.items() if k in ("loss", monitor, "accuracy", "weighted_f1", "mae", "ccc")}
     dev = " ".join(f"{name}={value:.4f}" for name, value in shown.items())
     return f"[{fold}] epoch {epoch + 1}/{max_epochs} train {terms} | dev {dev}{' *' if improved else ''} ({seconds:.1f} s)"

@@ -7,6 +7,14 @@ syllable rate and voice quality, on top of per-speaker baselines, with overlap b
 classes. Text comes from templates in which only some sentences carry emotion words, and
 some of those words are shared by two emotions. See docs/demo.md for the generative model
 and the measured separability.
+
+Dimensional labels (`extra` valence, activation, dominance on IEMOCAP's 1-5 scale, for the demo
+protocol's labels=dimensional) are derived from what generated each utterance, with no new random
+draw: valence and dominance are the emotion's point in the circumplex (DIMENSIONAL_PROTOTYPES: the
+text names valence, nothing else varies it); activation is the utterance's own arousal cues, i.e.
+its drawn pitch, energy and syllable rate above its speaker's baseline, as a fraction of the step
+from the low- to the high-arousal voices (0 = neutral/sad means, 1 = happy/angry means), mapped to
+2 + 2 x that fraction: the value the audio carries, utterance by utterance.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from mer.errors import MerError
 GENERATOR_VERSION = 1
 EMOTIONS = ("neutral", "happy", "angry", "sad")
 HIGH_AROUSAL = ("happy", "angry")
+LOW_AROUSAL = ("neutral", "sad")
+DIMENSIONAL_PROTOTYPES = {"neutral": (3.0, 3.0), "happy": (4.0, 3.5), "angry": (2.0, 4.0), "sad": (2.0, 2.0)}  # V, D
+LOW_ACTIVATION, ACTIVATION_STEP = 2.0, 2.0  # activation = 2 + 2 x the arousal fraction, clipped to [1, 5]
 MARKER = ".complete"
 
 
@@ -200,6 +211,7 @@ class PlannedUtterance:
     text: str
     voice: Voice
     synth_seed: tuple[int, ...]
+    dimensions: tuple[float, float, float] = (3.0, 3.0, 3.0)  # valence, activation, dominance (see the docstring)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -239,6 +251,7 @@ def _to_utterance(planned: PlannedUtterance, corpus: str, root: Path, with_audio
         id=f"{corpus}/{planned.id}", corpus=corpus, split=planned.split, fold=planned.session,
         speaker=planned.speaker, dialogue=planned.dialogue, turn=planned.turn, text=planned.text,
         label=planned.emotion, audio_path=str(wav_path(root, planned).resolve()) if with_audio else None,
+        extra=dict(zip(("valence", "activation", "dominance"), planned.dimensions)),
     )
 
 
@@ -306,12 +319,35 @@ def _plan_session(config: DemoConfig, index: int, session: str, split: str,
             speaker = speakers[(first + turn) % 2]
             keep_mood = story_rng.random() < config.mood_persistence
             emotion = mood if keep_mood else EMOTIONS[story_rng.integers(len(EMOTIONS))]
+            text = compose_text(text_rng, emotion, config)
+            voice = _draw_voice(config, voice_rng, speaker, emotion)
             planned.append(PlannedUtterance(
                 id=f"{session}_d{dialogue:02d}_t{turn:02d}", session=session, split=split, speaker=speaker.id,
-                dialogue=f"{session}_d{dialogue:02d}", turn=turn, emotion=emotion,
-                text=compose_text(text_rng, emotion, config), voice=_draw_voice(config, voice_rng, speaker, emotion),
-                synth_seed=(config.seed, 3, index, dialogue, turn)))
+                dialogue=f"{session}_d{dialogue:02d}", turn=turn, emotion=emotion, text=text, voice=voice,
+                synth_seed=(config.seed, 3, index, dialogue, turn),
+                dimensions=dimensions_of(config, speaker, emotion, voice)))
     return planned
+
+
+def dimensions_of(config: DemoConfig, speaker: Speaker, emotion: str, voice: Voice) -> tuple[float, float, float]:
+    """(valence, activation, dominance) of one planned utterance: see the module docstring."""
+    valence, dominance = DIMENSIONAL_PROTOTYPES[emotion]
+    low, high = (_voice_cues(config, emotions) for emotions in (LOW_AROUSAL, HIGH_AROUSAL))
+    arousal = np.mean((_arousal_cues(speaker, voice) - low) / (high - low))
+    activation = float(np.clip(LOW_ACTIVATION + ACTIVATION_STEP * arousal, 1.0, 5.0))
+    return valence, round(activation, 4), dominance
+
+
+def _arousal_cues(speaker: Speaker, voice: Voice) -> np.ndarray:
+    """Pitch (semitones), energy (dB) and log syllable rate of a voice, relative to its speaker's baseline."""
+    return np.array([12 * np.log2(voice.pitch_hz / speaker.pitch_hz), voice.energy_db - speaker.energy_db,
+                     np.log(voice.syllable_rate / speaker.rate_scale)])
+
+
+def _voice_cues(config: DemoConfig, emotions: tuple[str, ...]) -> np.ndarray:
+    """The same cues of the emotions' mean voices, averaged over the emotions."""
+    return np.mean([[config.voices[e].pitch_st, config.voices[e].energy_db, np.log(config.voices[e].syllable_rate)]
+                    for e in emotions], axis=0)
 
 
 def _dialogue_lengths(rng: np.random.Generator, count: int, bounds: tuple[int, int]) -> list[int]:

@@ -15,8 +15,8 @@ from typing import Optional
 
 from torch import nn
 
-from mer.fuse.models.base import (MODELS, FusionConfig, FusionOutput, ModelEntry, apply_overrides, fusion_losses,
-                                  lr_factor, register_model, task_loss_for)
+from mer.fuse.models.base import (MODELS, FusionConfig, FusionOutput, ModelEntry, RegressionTargets, apply_overrides,
+                                  fusion_losses, is_regression, lr_factor, register_model, task_loss_for)
 
 MODEL_MODULES = ("baselines", "linear", "mcsan", "cm_roberta", "mcfn", "mfdr", "mgcma")
 
@@ -40,12 +40,14 @@ def tiny_config(name: str) -> FusionConfig:
 
 def build_model(name: str, num_classes: int, input_dims: dict[str, int],
                 config: Optional[FusionConfig] = None, **overrides) -> nn.Module:
-    """A model of `num_classes` outputs (1 = regression) for input_dims {"audio": A, "text": T}.
+    """A model of `num_classes` outputs (1 or a RegressionTargets(D) = regression) for input_dims {"audio": A,
+    "text": T}.
     `config` defaults to make_config(name); `overrides` replace its fields."""
     entry = MODELS.get(name)
     config = apply_overrides(config if config is not None else entry.config_class(), overrides)
     return entry.model_class(config, num_classes, input_dims["audio"], input_dims["text"])
 
 
-__all__ = ["MODELS", "MODEL_MODULES", "FusionConfig", "FusionOutput", "ModelEntry", "apply_overrides", "build_model",
-           "fusion_losses", "lr_factor", "make_config", "model_names", "register_model", "task_loss_for", "tiny_config"]
+__all__ = ["MODELS", "MODEL_MODULES", "FusionConfig", "FusionOutput", "ModelEntry", "RegressionTargets", "apply_overrides",
+           "build_model", "fusion_losses", "is_regression", "lr_factor", "make_config", "model_names", "register_model",
+           "task_loss_for", "tiny_config"]

@@ -8,7 +8,8 @@ Batch contract (mer/fuse/data.py produces exactly this; masks are bool, True = r
     audio_mask  (batch, audio_len) bool
     text        (batch, text_len, text_dim) float
     text_mask   (batch, text_len) bool
-    label       (batch,) long for classification, float for regression (num_classes == 1)
+    label       (batch,) long for classification, float for regression (num_classes == 1);
+                (batch, D) float for D dimensional targets (num_classes a RegressionTargets(D))
   Utterance-level features (openSMILE functionals, pooled text) arrive as length-1
   sequences with a mask. Sequences are padded to the longest item of the batch and cut to
   config.max_audio_frames / max_text_len; a model that needs one fixed length (MFDR) pads
@@ -19,14 +20,15 @@ Batch contract (mer/fuse/data.py produces exactly this; masks are bool, True = r
     audio          (batch, utterances, audio_dim)
     text           (batch, utterances, text_dim)
     utterance_mask (batch, utterances) bool; audio_mask and text_mask are the same tensor
-    label          (batch, utterances), -100 where padded
+    label          (batch, utterances), -100 where padded ((batch, utterances, D) for D dimensional targets)
 
   Other keys (e.g. "ids", a list of utterance ids) may be present; models ignore them.
 
 Output: FusionOutput(logits, aux_losses, head_logits). logits (batch, C) or
-(batch, utterances, C); C == 1 is regression. aux_losses are ALREADY weighted by the
-model (weights live in its config): the total loss is the plain sum of the terms that
-`fusion_losses` returns, and the trainer logs each term by name.
+(batch, utterances, C); C == 1 is regression, and so is a `num_classes` of type RegressionTargets
+(valence, activation, dominance: C == D outputs); a model that combines heads asks `is_regression`.
+aux_losses are ALREADY weighted by the model (weights live in its config): the total loss is the
+plain sum of the terms that `fusion_losses` returns, and the trainer logs each term by name.
 
 Features: each config names the cache features the paper used (audio_feature,
 text_feature) and offline substitutes of the same granularity for `--dataset demo`
@@ -65,6 +67,8 @@ SAMPLE_UNITS = ("utterance", "dialogue")
 BATCHINGS = ("bucket", "random")
 GRANULARITIES = ("frame", "token", "word", "utterance")  # as mer.cache.spec.GRANULARITIES
 IGNORE_LABEL = -100  # padded utterances of a dialogue; CrossEntropyLoss's default ignore_index
+REGRESSION_LOSSES = ("auto", "l1", "mse", "ccc")
+CCC_EPSILON = 1e-8  # a batch whose targets and outputs are one constant has CCC 0 / 0
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -104,6 +108,9 @@ class FusionConfig:
     # in 4 of 6 folds while the dev accuracy still rose; audio-only 0.557 -> 0.592 test accuracy (docs/baselines.md).
     monitor: str = "headline"
     lr_schedule: str = "constant"  # see lr_factor
+    # regression loss per target: "l1", "mse", "ccc" (1 - concordance correlation over the batch) or "auto": ccc for
+    # dimensional labels (what the AVEC / MSP-Podcast literature trains on), l1 for one unnamed value (CMU-MOSEI)
+    regression_loss: str = "auto"
     per_corpus: dict = field(default_factory=dict)  # {"meld": {"lr": 5e-4}, ...}: applied by for_corpus
 
     # ablation switches -> values to try besides the default; the tests run every one
@@ -128,6 +135,9 @@ class FusionConfig:
         _check_number(self, "dropout", lambda v: 0 <= v < 1, "a number in [0, 1)")
         for role in ("audio", "text"):
             accepted_granularities(self, role)  # rejects an unknown granularity now
+        if self.regression_loss not in REGRESSION_LOSSES:
+            raise MerError(f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got "
+                           f"{self.regression_loss!r}; e.g. --set regression_loss=ccc")
         if self.batching not in BATCHINGS:
             raise MerError(f"batching must be one of {', '.join(BATCHINGS)}, got {self.batching!r}; "
                            f"e.g. --set batching={BATCHINGS[0]}")
@@ -185,21 +195,52 @@ def fusion_losses(model: nn.Module, output: FusionOutput, labels: Tensor, task_l
     return {"task": task_loss(output.logits, labels), **output.aux_losses}
 
 
-def task_loss_for(num_classes: int, class_weights: Optional[Tensor] = None) -> TaskLoss:
-    """Cross-entropy (optionally class-weighted) for classification, L1 (MAE) for regression;
-    any leading shape, -100 ignored."""
+class RegressionTargets(int):
+    """A head's output size that says its outputs are regression targets, one each (valence,
+    activation, dominance): passed as a model's `num_classes`, it sizes the head like any int, and
+    `is_regression` tells it from that many classes. A plain 1 stays one regression value."""
+
+
+def is_regression(num_classes: int) -> bool:
+    return isinstance(num_classes, RegressionTargets) or num_classes == 1
+
+
+def resolve_regression_loss(name: str, num_classes: int) -> str:
+    """"auto": ccc for dimensional targets (RegressionTargets), l1 for one plain regression value."""
+    if name != "auto":
+        return name
+    return "ccc" if isinstance(num_classes, RegressionTargets) else "l1"
+
+
+def task_loss_for(num_classes: int, class_weights: Optional[Tensor] = None, regression_loss: str = "auto") -> TaskLoss:
+    """Cross-entropy (optionally class-weighted) for classification; for regression `regression_loss`
+    per target, averaged over the targets (see resolve_regression_loss); any leading shape, -100 ignored."""
 
     def classification(logits: Tensor, labels: Tensor) -> Tensor:
         weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), weight=weight,
                                ignore_index=IGNORE_LABEL)
 
-    def regression(logits: Tensor, labels: Tensor) -> Tensor:
-        labels = labels.reshape(-1).to(logits.dtype)
-        real = labels != IGNORE_LABEL
-        return F.l1_loss(logits.reshape(-1)[real], labels[real])
+    per_target = REGRESSION_LOSS_FUNCTIONS[resolve_regression_loss(regression_loss, num_classes)]
 
-    return regression if num_classes == 1 else classification
+    def regression(logits: Tensor, labels: Tensor) -> Tensor:
+        outputs = logits.reshape(-1, logits.size(-1))
+        targets = labels.reshape(len(outputs), -1).to(outputs.dtype)  # (n, 1) or (n, D)
+        real = targets[:, 0] != IGNORE_LABEL
+        return per_target(outputs[real], targets[real])
+
+    return regression if is_regression(num_classes) else classification
+
+
+def ccc_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over the targets (columns) of 1 - CCC over the batch, population statistics."""
+    output_mean, target_mean = outputs.mean(0), targets.mean(0)
+    covariance = ((outputs - output_mean) * (targets - target_mean)).mean(0)
+    denominator = outputs.var(0, correction=0) + targets.var(0, correction=0) + (output_mean - target_mean) ** 2
+    return (1 - 2 * covariance / (denominator + CCC_EPSILON)).mean()
+
+
+REGRESSION_LOSS_FUNCTIONS = {"l1": F.l1_loss, "mse": F.mse_loss, "ccc": ccc_loss}
 
 
 def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mer.fuse.blocks import ClassifierHead, masked_max, masked_mean
-from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, register_model
+from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, is_regression, register_model
 
 
 @dataclass
@@ -85,8 +85,8 @@ class BaselineHead(nn.Module):
 
 def average_heads(head_logits: Tensor, num_classes: int) -> Tensor:
     """(heads, batch, C) -> (batch, C): the mean of the heads' distributions as log-probabilities, so that
-    softmax(result) is that mean (regression, C = 1: the mean output)."""
-    if num_classes == 1:
+    softmax(result) is that mean (regression, one or several targets: the mean outputs)."""
+    if is_regression(num_classes):
         return head_logits.mean(dim=0)
     return torch.logsumexp(head_logits.log_softmax(-1), dim=0) - math.log(len(head_logits))
 

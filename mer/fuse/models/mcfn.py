@@ -84,7 +84,7 @@ Where the paper is vague, this implementation decides:
      with an empty transcript has no words: its speech and text vectors are zero.
  10. Decision fusion: logits = log(alpha softmax(z_s) + beta softmax(z_t) + gamma softmax(z_st)),
      computed in log space, so softmax(logits) = P and argmax(logits) = argmax(P). Regression
-     (C = 1): the same weighted sum of the three outputs. gamma defaults to None, meaning
+     (one or several targets): the same weighted sum of the three heads' outputs. gamma defaults to None, meaning
      1 - alpha - beta (eq. 9): setting alpha or beta alone walks the paper's grid (Fig. 3,
      gamma = 1 - alpha - beta); given explicitly, the three must sum to 1.
  11. Loss (eq. 11): terms `ce_speech`, `ce_text`, `ce_bimodal` (lambda_* times the task loss
@@ -127,7 +127,7 @@ from torch import Tensor, nn
 
 from mer.errors import MerError
 from mer.fuse.blocks import ClassifierHead, masked_mean, masked_softmax
-from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, UnimodalSwitches, register_model
+from mer.fuse.models.base import FusionConfig, FusionOutput, TaskLoss, UnimodalSwitches, is_regression, register_model
 
 HEAD_NAMES = ("speech", "text", "bimodal")
 UNIMODAL_HEADS = {("audio",): ("speech",), ("text",): ("text",)}  # config.modalities -> the classifiers built
@@ -475,7 +475,7 @@ class MCFN(nn.Module):
         """Decision fusion (eq. 8): log(alpha P_s + beta P_t + gamma P_st); regression: weighted sum."""
         weighted = [(weight, head_logits[name]) for name, weight in zip(HEAD_NAMES, self.config.fusion_weights)
                     if weight > 0]
-        if self.num_classes == 1:
+        if is_regression(self.num_classes):
             return sum(weight * logits for weight, logits in weighted)
         log_probs = torch.stack([math.log(weight) + logits.log_softmax(-1) for weight, logits in weighted])
         return torch.logsumexp(log_probs, dim=0)  # (batch, C)
