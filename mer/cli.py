@@ -222,6 +222,54 @@ def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, pro
         run_fuse(replace(config, ablations=ablation_switches(specs[0]) if specs else []), _fuse_log)
 
 
+def _finetune_setting_options(command):
+    """--lr, --epochs, ... with FinetuneSettings' defaults."""
+    from mer.finetune import SETTING_FLAGS, FinetuneSettings
+
+    defaults = FinetuneSettings()
+    for flag, name in reversed(SETTING_FLAGS.items()):
+        kind = int if name in ("max_epochs", "patience", "batch_size", "max_length") else float
+        command = click.option(flag, name, type=kind, default=getattr(defaults, name), show_default=True)(command)
+    return command
+
+
+@cli.command()
+@click.option("--encoder", required=True, help="A text extractor (minilm-l6, roberta-base, bert-base-uncased, ...) "
+              "or hf-text:PATH_OR_ID.")
+@click.option("--dataset", required=True, help="Corpus reader: " + ", ".join(_corpus_names()))
+@click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none.")
+@click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache the folds' features "
+              "go into.")
+@click.option("--protocol", help="The folds (default: the corpus's own); `mer fuse` must use the same.")
+@click.option("--protocol-option", "protocol_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE", help="corpus.KEY for the reader, "
+              "ENCODER.KEY for the encoder (granularity, context_turns, layers, pool, ...). Repeatable.")
+@click.option("--folds", help="Comma-separated fold names (default: all).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/finetune-<encoder>-"
+              "<corpus>-<protocol>); the same command resumes it.")
+@_finetune_setting_options
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: torch's own).")
+@click.option("--no-progress", is_flag=True, help="No extraction progress bar.")
+def finetune(encoder, dataset, root, cache, protocol, protocol_options, settings, folds, out, seed, device, threads,
+             no_progress, **hyper) -> None:
+    """Fine-tune a text encoder with a classification head on each fold's training split, then extract each
+    fold's features with its own checkpoint (read them with --set text_feature=finetuned:RUN_DIR)."""
+    from mer.finetune import FinetuneConfig, FinetuneSettings, finetune as run_finetune, format_finetune_summary
+
+    corpus_options, encoder_options = parse_settings(settings, [encoder])
+    config = FinetuneConfig(encoder=encoder, dataset=dataset, cache=cache, root=root, protocol=protocol,
+                            protocol_options=_key_values(protocol_options, "--protocol-option"),
+                            corpus_options=corpus_options, encoder_options=encoder_options.get(encoder, {}),
+                            folds=folds.split(",") if folds else None, out=out,
+                            settings=replace(FinetuneSettings(), **hyper), seed=seed, device=device,
+                            threads=threads, progress=not no_progress)
+    summary = run_finetune(config, _fuse_log)
+    click.echo(format_finetune_summary(summary))
+    sys.exit(max(f.extraction.exit_code for f in summary.folds))
+
+
 def _fuse_log(line: str) -> None:
     """Per-fold progress ("[Ses01] epoch ...") to stderr; the run's header and results to stdout."""
     click.echo(line, err=line.startswith("["))

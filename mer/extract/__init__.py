@@ -2,5 +2,5 @@
 
 import importlib
 
-for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper", "emotion2vec", "asr"):
+for _module in ("spectral", "opensmile", "ssl", "text", "openl3", "whisper", "emotion2vec", "asr", "finetuned"):
     importlib.import_module(f"mer.extract.{_module}")

@@ -156,6 +156,13 @@ def _build_once(job: FeatureJob) -> Extractor:
     return _extractor_memo[job]
 
 
+def release_extractors() -> None:
+    """Forget the extractors built and loaded in this process, weights and all (`mer finetune` extracts with
+    a new checkpoint per fold: without this, every fold's model would stay in memory)."""
+    _extractor_memo.clear()
+    _loaded.clear()
+
+
 def _extractor(job: FeatureJob, device: str) -> Extractor:
     extractor = _build_once(job)
     if job not in _loaded:
@@ -326,11 +333,11 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
     writers = [FeatureWriter(config.cache, corpus.name, spec, config.compression) for spec in specs]
     summaries, total = _initial_summaries(writers, corpus, config)
     turns = max(getattr(_extractor_memo[j], "needs_context_turns", 0) for j in jobs)
-    utterances = _with_context(corpus.utterances, turns)
+    utterances = with_context(corpus.utterances, turns)
     sourced = {feature: _sourced(corpus.utterances, source, turns) for feature, source in sources.items()}
     run = _Run(config, jobs, writers, summaries, total)
     try:
-        with _torch_threads(config.threads):
+        with torch_threads(config.threads):
             run.execute(_tasks(utterances, writers, config, run, sourced))
     except KeyboardInterrupt:
         run.stopped = "interrupted; run the same command again to resume"
@@ -351,7 +358,7 @@ def _placed(config: ExtractConfig) -> ExtractConfig:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: Optional[int]):
+def torch_threads(threads: Optional[int]):
     if not threads:
         yield
         return
@@ -378,7 +385,7 @@ def _initial_summaries(writers: list[FeatureWriter], corpus: Corpus, config: Ext
     return summaries, total
 
 
-def _with_context(utterances: list[Utterance], turns: int) -> list[Utterance]:
+def with_context(utterances: list[Utterance], turns: int) -> list[Utterance]:
     """Give each utterance the texts of the `turns` previous turns of its dialogue (oldest first)."""
     if not turns:
         return utterances
@@ -427,7 +434,7 @@ def _with_text_sources(jobs: list[FeatureJob], cache: Path, corpus: Corpus) -> t
 def _sourced(utterances: list[Utterance], transcripts: Transcripts, turns: int) -> SourcedTexts:
     """Records with the source's text; an utterance it has no transcript for is empty in others' context."""
     texts = [replace(u, text=transcripts.texts.get(u.id, "")) for u in utterances]
-    return SourcedTexts({u.id: u for u in _with_context(texts, turns)}, transcripts.failures)
+    return SourcedTexts({u.id: u for u in with_context(texts, turns)}, transcripts.failures)
 
 
 def _tasks(utterances: list[Utterance], writers: list[FeatureWriter], config: ExtractConfig, run: "_Run",

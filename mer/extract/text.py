@@ -341,6 +341,11 @@ class TextExtractor(Extractor):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_model": None, "_tokenizer": None}  # each process loads its own
 
+    @property
+    def model(self):
+        """The transformers encoder `load` put on its device (None before); `mer finetune` trains it."""
+        return self._model
+
     # ---- extraction
 
     def extract(self, items: list[ExtractItem]) -> list[np.ndarray]:
@@ -352,12 +357,12 @@ class TextExtractor(Extractor):
             self.load("cpu")
         if not items:
             return []
-        encoded = [self._encode(item) for item in items]
+        encoded = [self.encode(item) for item in items]
         text_hidden = self._hidden_states(encoded)  # (batch, tokens, *row_shape)
         return [self._rows_to_output(text_hidden[i, torch.from_numpy(e.rows)], e.word_ids)
                 for i, e in enumerate(encoded)]
 
-    def _encode(self, item: ExtractItem) -> Encoded:
+    def encode(self, item: ExtractItem) -> Encoded:
         words = item.utterance.text.split()
         single = self._tokenizer(words, is_split_into_words=True)
         word_ids = single.word_ids()

@@ -33,7 +33,9 @@ from mer.cluster import dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
+from mer.finetune_run import is_finetuned
 from mer.fuse.data import FusionData
+from mer.fuse.finetuned import fold_features
 from mer.fuse.models import MODELS, build_model, make_config
 from mer.fuse.models.base import FusionConfig, accepted_granularities, paper_row
 from mer.fuse.report import (digest_of_test_ids, fold_from_record, fold_record, metrics_document, plot_confusion,
@@ -97,6 +99,7 @@ class PlannedRun:
     run_dir: Path
     run_config: dict
     label: str = ""  # the run's name in a grid's log lines ("no_self"); "" for a run alone
+    fold_features: dict = field(default_factory=dict)  # fold -> {role: feature}: `features` with finetuned: resolved
     done: dict = field(default_factory=dict)  # fold name -> FoldResult
     jobs: list[FoldJob] = field(default_factory=list)
     report: Optional[tuple[dict, Path]] = None  # (metrics document, run directory) once every fold is in
@@ -142,7 +145,8 @@ def resolve_features(cache: FeatureCache, corpus: str, model: str, config: Fusio
     resolved = {}
     for role, name in features.items():
         parts = name.split("+") if name else []
-        resolved[role] = "+".join(pick_config(cache, corpus, model, config, role, p.strip()) for p in parts) or None
+        resolved[role] = "+".join(p.strip() if is_finetuned(p.strip()) else  # one config per fold: fold_features
+                                  pick_config(cache, corpus, model, config, role, p.strip()) for p in parts) or None
     return resolved
 
 
@@ -250,9 +254,12 @@ def _plan(cfg: FuseConfig, cache: FeatureCache, label: str) -> PlannedRun:
         config = replace(config, monitor=headline_metric(protocol, fold_set.labels is None, bool(fold_set.dimensions)))
     features = resolve_features(cache, cfg.corpus, cfg.model, config,
                                 model_features(cfg.model, config, cfg.corpus, cfg.settings))
-    folds = _chosen_folds(fold_set, cfg.folds)
-    run_config = _config_document(cfg, config, features, fold_set, folds, cache)
-    return PlannedRun(cfg, config, protocol, fold_set, folds, features, _run_dir(cfg, protocol), run_config, label)
+    folds = chosen_folds(fold_set, cfg.folds)
+    per_fold = fold_features(cache, cfg.corpus, cfg.model, config, features, fold_set,
+                             {name: fold_ids_digest(fold_set, name) for name in folds})
+    run_config = _config_document(cfg, config, features, per_fold, fold_set, folds, cache)
+    return PlannedRun(cfg, config, protocol, fold_set, folds, features, _run_dir(cfg, protocol), run_config, label,
+                      fold_features=per_fold)
 
 
 def _open(run: PlannedRun, cache: FeatureCache, log) -> None:
@@ -265,10 +272,10 @@ def _open(run: PlannedRun, cache: FeatureCache, log) -> None:
     run.done = {name: _load_fold(run.run_dir, name, run.run_config) for name, path in records.items() if path.is_file()}
     for name in run.done:
         log(f"[{_tag(run, name)}] complete in {records[name]}: loaded, not trained again")
-    preload = _small_enough(cache, cfg, run.features, log)
+    preload = _small_enough(cache, cfg, run.fold_features[run.folds[0]], log)
     cache_path = Path(cfg.cache).resolve()  # a worker may run elsewhere: the path as every worker must see it
-    run.jobs = [FoldJob(cfg.model, run.config, cfg.trainer, cache_path, cfg.corpus, run.features, run.fold_set, name,
-                        preload, cfg.loader_workers) for name in run.folds if name not in run.done]
+    run.jobs = [FoldJob(cfg.model, run.config, cfg.trainer, cache_path, cfg.corpus, run.fold_features[name],
+                        run.fold_set, name, preload, cfg.loader_workers) for name in run.folds if name not in run.done]
 
 
 def _finish(run: PlannedRun, log) -> tuple[dict, Path]:
@@ -333,7 +340,7 @@ def read_ablation_grid(path: Path) -> list[str]:
     return [spec for spec in specs if spec]
 
 
-def _chosen_folds(fold_set: FoldSet, wanted: Optional[list[str]]) -> list[str]:
+def chosen_folds(fold_set: FoldSet, wanted: Optional[list[str]]) -> list[str]:
     names = [f.name for f in fold_set.folds]
     if not wanted:
         return names
@@ -425,19 +432,21 @@ def _size(n: int) -> str:
     return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
-def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, fold_set: FoldSet, folds: list[str],
-                     cache: FeatureCache) -> dict:
+def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, per_fold: dict, fold_set: FoldSet,
+                     folds: list[str], cache: FeatureCache) -> dict:
+    """The specs are the first fold's: the folds of a finetuned: feature differ only in their weights."""
     specs = {}
-    for role, name in features.items():
+    for role, name in per_fold[folds[0]].items():
         if name:
             specs[role] = [cache.find(cfg.corpus, part).spec.to_dict() for part in name.split("+")]
     trainer = {k: v for k, v in asdict(cfg.trainer).items() if k != "device"}
     return {"model": cfg.model, "corpus": cfg.corpus, "cache": str(Path(cfg.cache).resolve()),
             "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options, "folds": folds,
-            "fold_ids": {name: _fold_ids_digest(fold_set, name) for name in folds},
+            "fold_ids": {name: fold_ids_digest(fold_set, name) for name in folds},
             "fold_test_ids": {f.name: digest_of_test_ids(f.test_ids) for f in fold_set.folds if f.name in folds},
             "labels": list(fold_set.labels) if fold_set.labels else None, "dimensions": list(fold_set.dimensions),
             "features": features,
+            **({"fold_features": per_fold} if per_fold[folds[0]] != features else {}),
             "feature_hashes": {role: [s["config_hash"] for s in role_specs] for role, role_specs in specs.items()},
             "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
             "ablations": cfg.ablations, "trainer": trainer, "device": cfg.trainer.device, "seed": cfg.trainer.seed,
@@ -458,7 +467,7 @@ def _asr_text_sources(cache: FeatureCache, corpus: str, text_specs: list[dict]) 
     return sources
 
 
-def _fold_ids_digest(fold_set: FoldSet, name: str) -> str:
+def fold_ids_digest(fold_set: FoldSet, name: str) -> str:
     """Which utterances the fold trains, tunes and tests on: a changed corpus or cache changes it."""
     fold = next(f for f in fold_set.folds if f.name == name)
     parts = {part: list(fold.part(part)) for part in ("train", "dev", "test")}
