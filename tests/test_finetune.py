@@ -108,7 +108,7 @@ def test_fuse_reads_each_folds_own_features(finetuned, tmp_path):
     result = CliRunner().invoke(cli, ["fuse", "--model", "text-only", "--dataset", "ftdemo", "--cache",
                                       str(finetuned["cache"]), "--protocol", "manifest", "--set",
                                       f"text_feature=finetuned:{finetuned['run']}", "--set", "max_epochs=1",
-                                      "--out", str(out), "--device", "cpu"])
+                                      "--set", "text_granularity=utterance", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     config = json.loads((out / "config.json").read_text())
     by_fold = {fold: features["text"] for fold, features in config["fold_features"].items()}
@@ -118,11 +118,19 @@ def test_fuse_reads_each_folds_own_features(finetuned, tmp_path):
     assert len(json.loads((out / "metrics.json").read_text())["folds"]) == 3
 
 
-def test_rerun_resumes_without_training(finetuned, manifest, fed_ids):
+def test_rerun_resumes_and_another_granularity_reuses_the_checkpoints(finetuned, manifest, fed_ids, tmp_path):
     before = len(fed_ids)
-    result = CliRunner().invoke(cli, finetune_args(manifest, finetuned["cache"], finetuned["run"]))
+    word = ["--set", f"{ENCODER}.granularity=word"]  # after ENCODER_OPTIONS: the later --set wins
+    result = CliRunner().invoke(cli, finetune_args(manifest, finetuned["cache"], finetuned["run"], *word))
     assert result.exit_code == 0, result.output
     assert len(fed_ids) == before and result.output.count("not trained again") == 3
+    features = FeatureCache(finetuned["cache"]).configs("ftdemo", "finetuned:run")
+    assert sorted((f.spec.config["finetuned"]["fold"], f.spec.granularity) for f in features) == \
+        [(fold, granularity) for fold in ("f1", "f2", "f3") for granularity in ("utterance", "word")]
+    result = CliRunner().invoke(cli, ["fuse", "--model", "text-only", "--dataset", "ftdemo", "--cache",
+                                      str(finetuned["cache"]), "--protocol", "manifest", "--set",
+                                      f"text_feature=finetuned:{finetuned['run']}", "--out", str(tmp_path / "f")])
+    assert result.exit_code != 0 and "pass --set text_granularity=utterance (or word)" in str(result.exception)
 
 
 def test_protocol_or_fold_mismatch_is_one_line_with_a_working_fix(finetuned, tmp_path):

@@ -70,9 +70,12 @@ def fold_config(cache: FeatureCache, corpus: str, model: str, config: FusionConf
         raise MerError(f"{cache.root / corpus}: {model} reads {accepted[0]}-level {role}, but the fine-tuned features "
                        f"of fold {fold} are cached at {have} level only; run `{run.command} --set {option}`")
     if len(fitting) > 1:
+        granularities = sorted({f.spec.granularity for f in fitting})
+        remove = f"mer cache rm {cache.root} {corpus} {fitting[-1].name}@{fitting[-1].config_hash}"
+        fix = (f"pass --set {role}_granularity={granularities[0]} (or {', '.join(granularities[1:])})"
+               if len(granularities) > 1 else f"remove those not wanted: `{remove}`")
         raise CacheError(f"{cache.root / corpus}: fold {fold} of {run.directory} has several configs {model} can read "
-                         f"({_listed(fitting)}); remove those not wanted: `mer cache rm {cache.root} {corpus} "
-                         f"{fitting[-1].name}@{fitting[-1].config_hash}`")
+                         f"({_listed(fitting)}); {fix}")
     return f"{fitting[0].name}@{fitting[0].config_hash}"
 
 
