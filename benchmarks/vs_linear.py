@@ -2,7 +2,7 @@
 
     python benchmarks/vs_linear.py --cache /tmp/ravdess-cache --corpus ravdess --audio opensmile-compare16 \
         --text minilm-l6
-    python benchmarks/vs_linear.py --cache /tmp/emory-cache --corpus emorynlp --text minilm-l6
+    python benchmarks/vs_linear.py --cache /tmp/emory-cache --corpus emorynlp --protocol manifest --text minilm-l6
 
 For each model, `mer fuse` (run_fuse, the model's default config; `--set key=value` overrides
 every model) gives the mean test accuracy over the protocol's folds. The probe is scikit-learn's
@@ -68,7 +68,7 @@ def sklearn_probe(cache_root: Path, corpus: str, features: list[str], protocol: 
     return float(np.mean(accuracy))
 
 
-def fuse(model: str, cache: Path, corpus: str, features: dict, settings: dict, seed: int) -> dict:
+def fuse(model: str, cache: Path, corpus: str, protocol: str, features: dict, settings: dict, seed: int) -> dict:
     from mer.fuse.run import FuseConfig, run_fuse
     from mer.fuse.trainer import TrainerConfig
 
@@ -77,7 +77,7 @@ def fuse(model: str, cache: Path, corpus: str, features: dict, settings: dict, s
         chosen["modality"] = "both" if len(chosen) == 2 else ("audio" if features.get("audio") else "text")
     with tempfile.TemporaryDirectory() as out:
         started = time.time()
-        document, _ = run_fuse(FuseConfig(model=model, corpus=corpus, cache=cache, out=Path(out),
+        document, _ = run_fuse(FuseConfig(model=model, corpus=corpus, cache=cache, protocol=protocol, out=Path(out),
                                           settings={**chosen, **settings}, trainer=TrainerConfig(seed=seed)),
                                log=lambda line: None)
     test = document["summary"]["test"]
@@ -95,6 +95,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--c", type=float, default=0.1, help="the probe's inverse L2 strength")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", help="default: the corpus's own (mer.data.protocols.default_protocol)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
               and (m not in ("concat", "late") or (args.audio and args.text))]
     models = args.models.split(",") if args.models else usable
     settings = dict(s.split("=", 1) for s in args.settings)
-    protocol = default_protocol(args.corpus)
+    protocol = args.protocol or default_protocol(args.corpus)
     print(f"{args.corpus}, protocol {protocol}, seed {args.seed}: mean test accuracy over folds; probe = "
           f"StandardScaler + LogisticRegression(C={args.c:g}) on the model's features, fitted on train (the models' "
           "training data) or on train + dev")
@@ -128,7 +129,7 @@ def main(argv=None) -> None:
         if key not in probes:
             probes[key] = tuple(sklearn_probe(args.cache, args.corpus, list(key), protocol, args.c, args.seed, parts)
                                 for parts in (("train",), ("train", "dev")))
-        r = fuse(model, args.cache, args.corpus, used, settings, args.seed)
+        r = fuse(model, args.cache, args.corpus, protocol, used, settings, args.seed)
         on_train, on_train_dev = probes[key]
         gains = [f"{probe:.3f} | {100 * (r['accuracy'] - probe):+.1f}" for probe in probes[key]]
         print(f"| {model} | {' + '.join(key)} | {r['accuracy']:.3f} | {' | '.join(gains)} | "

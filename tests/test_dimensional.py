@@ -143,8 +143,9 @@ def demo_cache(tmp_path_factory, demo_root):
 @pytest.mark.parametrize("model", ["concat", "late"])
 def test_demo_dimensional_regression_trains_end_to_end(demo_cache, tmp_path, model):
     run = tmp_path / "run"
-    mer("fuse", "--model", model, "--dataset", "demo-n40-s0", "--protocol", "demo", "--cache", demo_cache, "--out", run,
-        "--protocol-option", "labels=dimensional", *TINY)
+    fused = mer("fuse", "--model", model, "--dataset", "demo-n40-s0", "--protocol", "demo", "--cache", demo_cache,
+                "--out", run, "--protocol-option", "labels=dimensional", *TINY)
+    assert "headline ccc" in fused.stdout  # the results header names the metric the run selected on
     _, rows = check_dimensional_run(run, folds=1)
     # targets are written in the corpus's scale (1-5), not as the z-scores the model trains on
     assert all(1.0 <= float(row["target_activation"]) <= 5.0 for row in rows)

@@ -391,3 +391,9 @@ def test_collate_without_stats_is_plain_padding():
     batch = FusionCollate("utterance", ("audio",))(items)
     assert batch["audio"].shape == (2, 4, 3) and batch["audio_mask"].sum().item() == 6
     assert batch["audio"].sum().item() == 18 and batch["label"].tolist() == [1, 0]
+
+
+def test_a_fold_without_dev_utterances_is_refused_in_one_line(cache):
+    fold = make_fold()
+    with pytest.raises(MerError, match="fold split has no dev utterances"):
+        FusionData(cache, CORPUS, "wav", "words", Fold(fold.name, fold.train_ids, (), fold.test_ids), targets(), LABELS)

@@ -252,7 +252,8 @@ def headline_metric(protocol: str, regression: bool = False, dimensional: bool =
 WA_UA = "WA = accuracy, UA = ua (mean per-class recall)"
 
 
-def protocol_facts(name: str, speaker_independent: Optional[bool] = None, regression: bool = False) -> str:
+def protocol_facts(name: str, speaker_independent: Optional[bool] = None, regression: bool = False,
+                   dimensional: bool = False) -> str:
     """The line a results header prints, so a reader knows what the numbers mean: speaker independence
     (the run's own when given: a manifest's depends on its data; else as published), the headline
     metric, which metric is WA and which UA, and the classes the protocol merged."""
@@ -260,7 +261,7 @@ def protocol_facts(name: str, speaker_independent: Optional[bool] = None, regres
     if speaker_independent is None and entry is not None:
         speaker_independent = entry.speaker_independent
     speakers = {True: "speaker-independent", False: "SPEAKER-DEPENDENT", None: "speaker independence unknown"}
-    parts = [f"{name}: {speakers[speaker_independent]}", f"headline {headline_metric(name, regression)}"]
+    parts = [f"{name}: {speakers[speaker_independent]}", f"headline {headline_metric(name, regression, dimensional)}"]
     if not regression:
         merged = entry.merged if entry is not None else ""
         parts += [WA_UA, f"classes merged: {merged}" if merged else "no classes merged"]

@@ -51,7 +51,8 @@ class Run:
 
     @property
     def task(self) -> str:
-        return "classification" if "accuracy" in self.metrics["summary"]["test"] else "regression"
+        summary = self.metrics["summary"]["test"]
+        return "classification" if "accuracy" in summary else ("dimensional" if "ccc" in summary else "regression")
 
     @property
     def labels(self) -> Optional[list[str]]:
@@ -98,11 +99,12 @@ def compare_runs(paths: list[Path], metric: Optional[str] = None, allow_mismatch
     if differences and not allow_mismatch:
         raise MerError(f"runs not comparable: {'; '.join(differences)}; to compare them anyway: "
                        f"{_compare_command(paths, metric, allow_mismatch=True)}")
-    metric = metric or headline_metric(runs[0].protocol, runs[0].task == "regression")
+    metric = metric or headline_metric(runs[0].protocol, runs[0].task != "classification", runs[0].task == "dimensional")
     _check_metric(runs, metric, paths, allow_mismatch)
     document = {"metric": metric, "runs": [_run_entry(run, _shown_metrics(runs, metric)) for run in runs],
                 "protocols": {run.protocol: protocol_facts(run.protocol, run.metrics.get("speaker_independent"),
-                                                           run.task == "regression") for run in runs},
+                                                           run.task != "classification", run.task == "dimensional")
+                              for run in runs},
                 "mismatches": differences, "comparisons": [paired(runs[0], run, metric) for run in runs[1:]]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -709,7 +709,10 @@ class FusionData:
         self.ids = {part: [i for i in fold.part(part) if i not in self.dropped] for part in PARTS}
         self.dropped_by_split = {part: [i for i in fold.part(part) if i in self.dropped] for part in PARTS}
         for part in PARTS:
-            if fold.part(part) and not self.ids[part]:
+            if not fold.part(part):  # the trainer selects and reports on dev and test: an empty one has nothing to say
+                raise MerError(f"fold {fold.name} has no {part} utterances: the corpus is too small for this "
+                               "protocol's split (see docs/protocols.md for its options)")
+            if not self.ids[part]:
                 reason = Counter(self.dropped[i] for i in fold.part(part)).most_common(1)[0][0]
                 raise MerError(f"fold {fold.name}: every {part} utterance was dropped (e.g. {reason})")
         self.samples = self._samples(utterances, cache)
