@@ -283,14 +283,20 @@ def read_inputs(stores: Mapping[str, Sequence[FeatureStore]], ids: Sequence[str]
                 pooled: bool) -> dict[str, dict[str, np.ndarray]]:
     """role -> id -> the input as the model gets it before normalisation: rows cut to `lengths`
     (flattened, in the stored dtype), the parts of `a+b` joined, and with `pooled` (dialogue
-    mode) the float32 mean per utterance. One read per shard of each store (read_many); each
-    array is copied out of that read, so no shard's buffer outlives it."""
+    mode) the float32 mean per utterance. One read per shard of each store (read_many). An array
+    kept whole is a view of that read (a copy is one more pass over every byte: on WavLM frames
+    the largest cost after the read itself), so a read's buffer lives while any of its arrays is
+    held, a pool's worth; a cut array is copied, so the rows it drops are not held."""
     inputs = {}
     for role, role_stores in stores.items():
         cut = lengths[role]
-        parts = [{i: np.array(_flat(a)[:cut[i]]) for i, a in store.read_many(ids)} for store in role_stores]
+        parts = [{i: _cut(_flat(a), cut[i]) for i, a in store.read_many(ids)} for store in role_stores]
         inputs[role] = {i: _joined([part[i] for part in parts], pooled) for i in ids}
     return inputs
+
+
+def _cut(rows: np.ndarray, length: int) -> np.ndarray:
+    return rows if len(rows) == length else rows[:length].copy()
 
 
 def _joined(parts: Sequence[np.ndarray], pooled: bool) -> np.ndarray:
