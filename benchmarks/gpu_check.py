@@ -454,7 +454,7 @@ def spectral_rows(inputs: Inputs, plan: Plan, report: Report) -> None:
     each side with the runner's batches for its device."""
     import torch
 
-    from mer.extract.runner import _torch_threads  # what `mer extract --threads N` does
+    from mer.extract.runner import torch_threads  # what `mer extract --threads N` does
 
     items = inputs.items(inputs.all)
     seconds = inputs.audio_seconds(inputs.all)
@@ -464,7 +464,7 @@ def spectral_rows(inputs: Inputs, plan: Plan, report: Report) -> None:
 
     def side(device: str) -> Callable[[int], None]:
         def run(_repeat: int) -> None:
-            with _torch_threads(cores if device == "cpu" else None):
+            with torch_threads(cores if device == "cpu" else None):
                 outputs[device] = batched_outputs(extractors[device], items, device)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()

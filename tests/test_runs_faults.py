@@ -220,15 +220,17 @@ def test_predict_refuses_an_empty_transcript_unless_no_text(cache, tmp_path):
     run = tmp_path / "run"
     assert mer(*fuse_args(cache, run, "--set", "max_epochs=1")).exception is None
     audio = utterance(cache)["audio_path"]
-    assert error_of(mer("predict", "--run", str(run), "--audio", audio, "--text", "  ")) == (
-        '--text is empty, but this run\'s model reads text (minilm-l6); give the transcript with --text "...", '
+    message = error_of(mer("predict", "--run", str(run), "--audio", audio, "--text", "  "))
+    assert message.startswith("--text is empty, but this run's model reads text (minilm-l6) and was trained on the "
+                              "corpus's reference transcripts; give the transcript with --text \"...\", or transcribe")
+    assert "--asr whisper-large-v3" in message and message.endswith(
         "or pass --no-text to predict from an empty transcript")
     result = mer("predict", "--run", str(run), "--audio", audio, "--no-text", "--json")
     assert result.exception is None
     assert result.stderr.startswith("warning: --no-text: predicting from an EMPTY transcript")
     assert sum(json.loads(result.stdout).values()) == pytest.approx(1.0)
     both = mer("predict", "--run", str(run), "--audio", audio, "--no-text", "--text", "hi")
-    assert error_of(both) == "--no-text and --text both given; drop one of them"
+    assert error_of(both) == "--text and --no-text given together; pass one of them"
 
 
 @pytest.fixture
