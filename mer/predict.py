@@ -96,11 +96,13 @@ def _frames_are_local(extractor: Extractor) -> bool:
     return config.log == "ln" or config.top_db is None  # top_db floors at the whole file's peak
 
 
-def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str]) -> dict[str, np.ndarray]:
+def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str],
+                   fold: Optional[str] = None) -> dict[str, np.ndarray]:
     """role -> (rows, dim) float32, each role's features joined on the last axis as in training; a text
-    feature reads the transcript of its text source (`texts`: source -> text)."""
+    feature reads the transcript of its text source (`texts`: source -> text). `fold`: that fold's own
+    features where they differ per fold (a finetuned: feature)."""
     extractors = {role: [rebuild_extractor(FeatureSpec.from_dict(d)) for d in specs]
-                  for role, specs in run["feature_specs"].items()}
+                  for role, specs in fold_specs(run, fold).items()}
     wave = None
     if "audio" in extractors:
         if audio_path is None:
@@ -122,6 +124,11 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[st
     return inputs
 
 
+def fold_specs(run: dict, fold: Optional[str]) -> dict:
+    """role -> the feature specs `fold` was trained on (the run's, unless they differ per fold)."""
+    return run.get("fold_feature_specs", {}).get(fold, run["feature_specs"])
+
+
 def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional[str] = None, no_text: bool = False,
             warn: Callable[[str], None] = print, asr: Optional[str] = None) -> dict[str, float]:
     """`asr` (whisper-base, hf-whisper:PATH): transcribe the audio with it instead of the text the run
@@ -134,8 +141,14 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     if fold and fold not in records:
         raise MerError(f"--fold {fold}: not a complete fold of {run_dir}; complete folds: {', '.join(records)}")
     texts = transcripts_for(run, audio_path, text, no_text, asr, warn)
-    inputs = extract_inputs(run, config, audio_path, texts)
-    outputs = [_predict_fold(run_dir, name, run, config, inputs) for name in ([fold] if fold else records)]
+    inputs_by_specs: dict[str, dict] = {}  # extracted once per distinct set of feature specs, not per fold
+
+    def inputs_of(name: str) -> dict:
+        key = json.dumps(fold_specs(run, name), sort_keys=True)
+        if key not in inputs_by_specs:
+            inputs_by_specs[key] = extract_inputs(run, config, audio_path, texts, name)
+        return inputs_by_specs[key]
+    outputs = [_predict_fold(run_dir, name, run, config, inputs_of(name)) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
     if run.get("dimensions"):
         return {name: float(value) for name, value in zip(run["dimensions"], mean)}

@@ -10,6 +10,7 @@ import json
 import shlex
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,7 +20,8 @@ from mer.cli import cli, finetune as finetune_command
 from mer.data.corpora import prepare
 from mer.data.protocols import make_folds
 from mer.errors import MerError
-from mer.extract.base import build_extractor
+import mer.predict
+from mer.extract.base import build_extractor, rebuild_extractor
 from mer.finetune import EncoderClassifier
 
 ENCODER = "minilm-l6"
@@ -103,7 +105,7 @@ def test_fold_k_checkpoint_never_saw_fold_k_test_or_dev_ids(finetuned):
         assert not set(fed) & (set(fold.test_ids) | set(fold.dev_ids))
 
 
-def test_fuse_reads_each_folds_own_features(finetuned, tmp_path):
+def test_fuse_reads_each_folds_own_features(finetuned, tmp_path, monkeypatch):
     out = tmp_path / "fuse"
     result = CliRunner().invoke(cli, ["fuse", "--model", "text-only", "--dataset", "ftdemo", "--cache",
                                       str(finetuned["cache"]), "--protocol", "manifest", "--set",
@@ -116,6 +118,31 @@ def test_fuse_reads_each_folds_own_features(finetuned, tmp_path):
               for f in FeatureCache(finetuned["cache"]).configs("ftdemo", "finetuned:run")}
     assert by_fold == cached
     assert len(json.loads((out / "metrics.json").read_text())["folds"]) == 3
+    # predict rebuilds each fold's own fine-tuned extractor: a fold's test row is reproduced with --fold
+    assert len({json.dumps(specs) for specs in config["fold_feature_specs"].values()}) == 3
+    utterances = [json.loads(line) for line in open(finetuned["cache"] / "ftdemo" / "utterances.jsonl")]
+    texts = {u["id"]: u["text"] for u in utterances}
+    first_turns = {u["id"] for u in utterances if u["turn"] == 0}  # context_turns=1 reads nothing before them,
+    # as predict (no dialogue around one file) reads nothing
+    rows = [r for r in csv.DictReader(open(out / "predictions.csv")) if r["split"] == "test" and r["id"] in first_turns]
+    for fold in sorted({r["fold"] for r in rows}):
+        row = next(r for r in rows if r["fold"] == fold)
+        result = CliRunner().invoke(cli, ["predict", "--run", str(out), "--fold", fold, "--text", texts[row["id"]],
+                                          "--json"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        expected = {k[2:]: float(v) for k, v in row.items() if k.startswith("p_")}
+        np.testing.assert_allclose([json.loads(result.stdout)[k] for k in expected], list(expected.values()),
+                                   atol=0.02)  # the cache stores float16; predict computes float32 afresh
+    # averaged over the folds, each fold's model gets the features of its own checkpoint
+    rebuilt_folds = []
+
+    def recording(spec):
+        rebuilt_folds.append(spec.config["finetuned"]["fold"])
+        return rebuild_extractor(spec)
+    monkeypatch.setattr(mer.predict, "rebuild_extractor", recording)
+    result = CliRunner().invoke(cli, ["predict", "--run", str(out), "--text", texts[rows[0]["id"]], "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert sorted(rebuilt_folds) == sorted(config["fold_feature_specs"])
 
 
 def test_rerun_resumes_and_another_granularity_reuses_the_checkpoints(finetuned, manifest, fed_ids, tmp_path):

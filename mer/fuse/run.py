@@ -434,11 +434,12 @@ def _size(n: int) -> str:
 
 def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, per_fold: dict, fold_set: FoldSet,
                      folds: list[str], cache: FeatureCache) -> dict:
-    """The specs are the first fold's: the folds of a finetuned: feature differ only in their weights."""
-    specs = {}
-    for role, name in per_fold[folds[0]].items():
-        if name:
-            specs[role] = [cache.find(cfg.corpus, part).spec.to_dict() for part in name.split("+")]
+    """`feature_specs` are the first fold's; with a finetuned: feature, whose folds differ in their weights,
+    `fold_feature_specs` holds each fold's (mer predict rebuilds each fold's own extractor)."""
+    def specs_of(fold_features: dict) -> dict:
+        return {role: [cache.find(cfg.corpus, part).spec.to_dict() for part in name.split("+")]
+                for role, name in fold_features.items() if name}
+    specs = specs_of(per_fold[folds[0]])
     trainer = {k: v for k, v in asdict(cfg.trainer).items() if k != "device"}
     return {"model": cfg.model, "corpus": cfg.corpus, "cache": str(Path(cfg.cache).resolve()),
             "protocol": fold_set.protocol, "protocol_options": cfg.protocol_options, "folds": folds,
@@ -446,7 +447,8 @@ def _config_document(cfg: FuseConfig, config: FusionConfig, features: dict, per_
             "fold_test_ids": {f.name: digest_of_test_ids(f.test_ids) for f in fold_set.folds if f.name in folds},
             "labels": list(fold_set.labels) if fold_set.labels else None, "dimensions": list(fold_set.dimensions),
             "features": features,
-            **({"fold_features": per_fold} if per_fold[folds[0]] != features else {}),
+            **({"fold_features": per_fold, "fold_feature_specs": {name: specs_of(per_fold[name]) for name in folds}}
+               if per_fold[folds[0]] != features else {}),
             "feature_hashes": {role: [s["config_hash"] for s in role_specs] for role, role_specs in specs.items()},
             "feature_specs": specs, "model_config": config.to_dict(), "settings": cfg.settings,
             "ablations": cfg.ablations, "trainer": trainer, "device": cfg.trainer.device, "seed": cfg.trainer.seed,
