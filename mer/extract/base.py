@@ -63,6 +63,26 @@ ExtractorFactory = Callable[..., Extractor]
 EXTRACTORS: Registry[ExtractorFactory] = Registry("extractor")
 
 
+def register_checkpoints(checkpoints: dict[str, str], build: Callable[..., Extractor], error: type[MerError],
+                         alternative: str = "") -> None:
+    """For each NAME -> hub id, two extractors: NAME (frames) and NAME-mean (pooled over time).
+    `build(name, hub_id, options, defaults)` makes one; `alternative` ends the error for NAME:ARG."""
+    for name, hub_id in checkpoints.items():
+        for registered, defaults in ((name, {}), (f"{name}-mean", {"pool": "mean"})):
+            EXTRACTORS.register(registered)(_checkpoint_factory(registered, hub_id, defaults, build, error, alternative))
+
+
+def _checkpoint_factory(name: str, hub_id: str, defaults: dict, build: Callable[..., Extractor],
+                        error: type[MerError], alternative: str) -> ExtractorFactory:
+    def factory(arg: str = "", **options) -> Extractor:
+        if arg:
+            raise error(f"{name} takes no ':{arg}'; pass model={arg}{alternative.format(arg=arg)}")
+        return build(name, hub_id, options, defaults)
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    return factory
+
+
 def build_extractor(name: str, **options: Any) -> Extractor:
     """`mfcc40` -> EXTRACTORS['mfcc40'](); `hf-audio:/dir` -> EXTRACTORS['hf-audio'](arg='/dir')."""
     import mer.extract  # noqa: F401  (registers the built-in extractors)

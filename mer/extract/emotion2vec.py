@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.base import ExtractItem, Extractor, FeatureSpec, register_checkpoints
 from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, _from_hub, hash_local_weights
 from mer.extract.ssl import COMPUTE_DTYPES, SAMPLE_RATE, ConvGeometry, compute_dtype, plan_chunks
 
@@ -543,17 +543,9 @@ class Emotion2vecExtractor(Extractor):
 # ----------------------------------------------------------------------------- registration
 
 
-def named_checkpoint(name: str, hub_id: str, pool: str):
-    def factory(arg: str = "", **options) -> Emotion2vecExtractor:
-        if arg:
-            raise Emotion2vecError(f"{name} takes no ':{arg}'; pass model={arg}")
-        parsed = Emotion2vecOptions.parse(name, options, **({"pool": pool} if pool != "none" else {}))
-        return Emotion2vecExtractor(name, parsed.model or hub_id, parsed)
-
-    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
-    return factory
+def named_checkpoint(name: str, hub_id: str, options: dict, defaults: dict) -> Emotion2vecExtractor:
+    parsed = Emotion2vecOptions.parse(name, options, **defaults)
+    return Emotion2vecExtractor(name, parsed.model or hub_id, parsed)
 
 
-for _name, _hub_id in CHECKPOINTS.items():
-    EXTRACTORS.register(_name)(named_checkpoint(_name, _hub_id, "none"))
-    EXTRACTORS.register(f"{_name}-mean")(named_checkpoint(f"{_name}-mean", _hub_id, "mean"))
+register_checkpoints(CHECKPOINTS, named_checkpoint, Emotion2vecError)

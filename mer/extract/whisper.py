@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, register_checkpoints
 from mer.extract.pretrained import resolve_pretrained
 from mer.extract.ssl import COMPUTE_DTYPES, SAMPLE_RATE, compute_dtype, parse_layers, quiet_transformers
 
@@ -254,20 +254,12 @@ def hf_whisper_name(model: str) -> str:
     return f"hf-whisper:{path.resolve().name}" if path.is_dir() else f"hf-whisper:{model}"
 
 
-def named_checkpoint(name: str, hub_id: str, pool: str):
-    def factory(arg: str = "", **options) -> WhisperEncoderExtractor:
-        if arg:
-            raise WhisperError(f"{name} takes no ':{arg}'; pass model={arg} or use hf-whisper:{arg}")
-        parsed = WhisperOptions.parse(name, options, **({"pool": pool} if pool != "none" else {}))
-        return WhisperEncoderExtractor(name, parsed.model or hub_id, parsed)
-
-    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
-    return factory
+def named_checkpoint(name: str, hub_id: str, options: dict, defaults: dict) -> WhisperEncoderExtractor:
+    parsed = WhisperOptions.parse(name, options, **defaults)
+    return WhisperEncoderExtractor(name, parsed.model or hub_id, parsed)
 
 
-for _name, _hub_id in CHECKPOINTS.items():
-    EXTRACTORS.register(_name)(named_checkpoint(_name, _hub_id, "none"))
-    EXTRACTORS.register(f"{_name}-mean")(named_checkpoint(f"{_name}-mean", _hub_id, "mean"))
+register_checkpoints(CHECKPOINTS, named_checkpoint, WhisperError, " or use hf-whisper:{arg}")
 
 
 @EXTRACTORS.register("hf-whisper")
