@@ -108,6 +108,9 @@ def test_registry_lists_every_protocol():
     with pytest.raises(MerError, match="unknown protocol 'nope'"):
         make_folds("nope", iemocap_like())
     assert default_protocol("iemocap") == "iemocap-loso" and default_protocol("my-corpus") == "manifest"
+    # the demo reader's other sizes and seeds are the demo, a manifest corpus that starts with "demo" is not
+    assert default_protocol("demo-n40-s0") == default_protocol("demo-n40-s1-ses3") == "demo"
+    assert default_protocol("demo-recordings") == "manifest"
 
 
 def test_class_lists_agree_with_the_readers():

@@ -230,9 +230,12 @@ DEFAULT_PROTOCOLS = {"meld": "meld", "iemocap": "iemocap-loso", "mosei": "mosei"
                                                 "msp-podcast")}}
 
 
+DEMO_VARIANT = re.compile(r"demo-n\d+-s\d+(-ses\d+)?")  # the demo reader's name for a non-default size or seed
+
+
 def default_protocol(corpus: str) -> str:
     """The protocol a corpus is evaluated with when none is named (a manifest corpus: manifest)."""
-    return DEFAULT_PROTOCOLS.get(corpus, "manifest")
+    return DEFAULT_PROTOCOLS.get("demo" if DEMO_VARIANT.fullmatch(corpus) else corpus, "manifest")
 
 
 # MELD and EmoryNLP are imbalanced and their papers report weighted F1; the MSP-Podcast challenge ranks
