@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.errors import MerError
-from mer.extract.base import ExtractItem, Extractor, FeatureSpec, register_checkpoints
+from mer.extract.base import ExtractItem, Extractor, FeatureSpec, check_all, check_options, register_checkpoints
 from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, _from_hub, hash_local_weights
 from mer.extract.ssl import COMPUTE_DTYPES, SAMPLE_RATE, ConvGeometry, compute_dtype, plan_chunks
 
@@ -427,16 +427,12 @@ class Emotion2vecOptions:
             "chunk_overlap_seconds must be >= 0": self.chunk_overlap_seconds >= 0,
             "chunk_seconds must exceed 2 x chunk_overlap_seconds": self.chunk_seconds > 2 * self.chunk_overlap_seconds,
         }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise Emotion2vecError(f"emotion2vec options: {'; '.join(failed)}")
+        check_all(checks, "emotion2vec options", Emotion2vecError)
 
     @classmethod
     def parse(cls, name: str, options: dict, **fixed) -> "Emotion2vecOptions":
         known = {f.name for f in fields(cls)} - set(fixed)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise Emotion2vecError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_options(name, options, known, Emotion2vecError)
         values = {**options, **fixed}
         try:
             for key in ("chunk_seconds", "chunk_overlap_seconds"):

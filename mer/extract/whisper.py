@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, register_checkpoints
+from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, check_all, check_options, register_checkpoints
 from mer.extract.pretrained import resolve_pretrained
 from mer.extract.ssl import COMPUTE_DTYPES, SAMPLE_RATE, compute_dtype, parse_layers, quiet_transformers
 
@@ -83,17 +83,13 @@ class WhisperOptions:
             f"pool must be one of {POOLS}, got {self.pool!r}": self.pool in POOLS,
             "window_batch must be >= 1": self.window_batch >= 1,
         }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise WhisperError(f"whisper options: {'; '.join(failed)}")
+        check_all(checks, "whisper options", WhisperError)
 
     @classmethod
     def parse(cls, name: str, options: dict, **fixed) -> "WhisperOptions":
         """Options as the CLI gives them (`window_batch="4"`); `fixed` are the registered name's own."""
         known = {f.name for f in fields(cls)} - set(fixed)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise WhisperError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_options(name, options, known, WhisperError)
         values = {**options, **fixed}
         try:
             if "window_batch" in values:

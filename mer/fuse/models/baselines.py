@@ -104,11 +104,8 @@ def mean_max_pool(sequence: Tensor, mask: Tensor) -> Tensor:
 
 
 class _EnsembleBaseline(nn.Module):
-    """One BaselineHead on one pooled vector: the prediction is the members' average, the loss the sum of the
-    members' losses."""
-
-    def pooled(self, batch: dict) -> Tensor:
-        raise NotImplementedError
+    """One BaselineHead on one pooled vector, which each subclass's `pooled(batch)` gives: the prediction is the
+    members' average, the loss the sum of the members' losses."""
 
     def forward(self, batch: dict) -> FusionOutput:
         member_logits = self.head(self.pooled(batch))  # (members, batch, C)
