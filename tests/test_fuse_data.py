@@ -15,8 +15,8 @@ from mer.cache.corpus import merge_corpus_manifest
 from mer.data.utterance import Utterance
 from mer.errors import MerError
 from mer.extract.base import FeatureSpec
-from mer.fuse.data import (BucketBatchSampler, FusionCollate, FusionData, NormStats, padding_ratio,
-                           shard_lengths)
+from mer.fuse.data import (TORCH_GRAIN, BucketBatchSampler, FusionCollate, FusionData, NormStats, as_float32,
+                           padding_ratio, shard_lengths)
 
 CORPUS = "mini"
 LABELS = ("neutral", "happy", "angry", "sad")
@@ -391,6 +391,18 @@ def test_collate_without_stats_is_plain_padding():
     batch = FusionCollate("utterance", ("audio",))(items)
     assert batch["audio"].shape == (2, 4, 3) and batch["audio_mask"].sum().item() == 6
     assert batch["audio"].sum().item() == 18 and batch["label"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 5), (TORCH_GRAIN // 7 + 3, 7 * 3)])  # empty, one piece, several
+def test_as_float32_equals_numpys_conversion(shape):
+    values = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
+    converted = as_float32(values[:, 1:])  # a non-contiguous view
+    assert converted.dtype == np.float32 and converted.flags.c_contiguous
+    np.testing.assert_array_equal(converted, values[:, 1:].astype(np.float32))
+    special = np.array([np.inf, -np.inf, np.nan, 65504, 6e-8, -0.0], np.float16)
+    np.testing.assert_array_equal(as_float32(special), special.astype(np.float32))
+    same = np.ones((2, 3), np.float32)
+    assert as_float32(same) is same  # float32 stays itself (the collate's concatenation is the copy)
 
 
 def test_a_fold_without_dev_utterances_is_refused_in_one_line(cache):

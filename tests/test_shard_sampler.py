@@ -316,3 +316,21 @@ def test_the_preload_budget_is_shared_by_the_folds_running_at_once(demo_cache):
         cfg = FuseConfig("audio-only", "demo-n40-s0", demo_cache, workers=workers, preload_budget=2 * size)
         assert _small_enough(FeatureCache(demo_cache), cfg, features, lines.append) is preloads
         assert f"{workers} fold(s) at once" in lines[0]
+
+
+def test_read_many_keeps_handles_open_without_a_chunk_cache(cache, monkeypatch):
+    """A training pass opens every shard each epoch: read_many's handles stay open in the process's budget (no
+    chunk cache, so they hold no rows), and closing the store closes them."""
+    opened = []
+    monkeypatch.setattr(reader_module, "ShardReader", lambda path, chunk_cache_bytes: opened.append(chunk_cache_bytes)
+                        or ShardReader(path, chunk_cache_bytes=chunk_cache_bytes))
+    store = FeatureCache(cache).open(CORPUS, "frames")
+    ids = store.ids()
+    for _ in range(2):
+        got = dict(store.read_many(ids))
+        assert sorted(got) == sorted(ids)
+        np.testing.assert_array_equal(got[ids[0]], frames(ids[0]).astype(np.float16))
+    assert opened == [reader_module.STREAM_CHUNK_CACHE] * len(store.shard_files())  # opened once, not per pass
+    assert len([key for key in reader_module._OPEN_SHARDS._open if key[0] == store._number]) == len(opened)
+    store.close()
+    assert not [key for key in reader_module._OPEN_SHARDS._open if key[0] == store._number]

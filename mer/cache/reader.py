@@ -6,8 +6,11 @@ Random access (`FeatureStore.get`) keeps shard handles open, up to `open_file_bu
 the whole process (every store shares it, least recently used closed first), each with a chunk
 cache of HANDLE_CHUNK_CACHE: a read by id decodes a whole chunk (checksummed), and the cache
 spares the next read of that chunk. So random access holds at most the budget's handles and
-their caches (RANDOM_ACCESS_BYTES). `read_many` and `iter_shards` open a shard for one read
-and close it: a pass over a large cache (training) holds nothing open behind it."""
+their caches (RANDOM_ACCESS_BYTES). `read_many` keeps its handles open in the same budget but
+without a chunk cache (it reads whole rows in one call, so a cache would only hold memory):
+opening a shard costs about 0.5 ms, as much as reading a MELD-sized shard, and a training pass
+opens every shard again each epoch; what a pass leaves open is a handle's metadata, not rows.
+`iter_shards` opens a shard for one read and closes it."""
 
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from mer.cache.spec import FeatureSpec
 
 FD_HEADROOM = 256  # descriptors left to everything else a process opens (sockets, logs, DataLoader pipes)
 MIN_OPEN_SHARDS = 8
-HANDLE_CHUNK_CACHE = 4 << 20  # per open handle: a MELD-sized shard's chunks, a few of a WavLM-frame shard's
+HANDLE_CHUNK_CACHE = 4 << 20  # per random-access handle: a MELD-sized shard's chunks, a few of a WavLM-frame shard's
+STREAM_CHUNK_CACHE = 0  # per read_many handle: whole rows are read once, nothing to keep
 RANDOM_ACCESS_BYTES = 2 << 30  # chunk caches of all open handles together, at most
 
 
@@ -54,15 +58,16 @@ class _OpenShards:
 
     def __init__(self):
         self.budget = open_file_budget()
-        self._open: OrderedDict[tuple[int, str], ShardReader] = OrderedDict()
+        self._open: OrderedDict[tuple[int, str, int], ShardReader] = OrderedDict()
         self._inherited: list = []
 
-    def get(self, key: tuple[int, str], path: Path) -> ShardReader:
+    def get(self, key: tuple[int, str, int], path: Path) -> ShardReader:
+        """The handle of (store, file, chunk cache bytes), opened with that chunk cache if it is not open."""
         reader = self._open.get(key)
         if reader is not None:
             self._open.move_to_end(key)
             return reader
-        reader = ShardReader(path, chunk_cache_bytes=HANDLE_CHUNK_CACHE)
+        reader = ShardReader(path, chunk_cache_bytes=key[2])
         self._open[key] = reader
         if len(self._open) > self.budget:
             self._open.popitem(last=False)[1].close()
@@ -198,17 +203,14 @@ class FeatureStore:
 
     def read_many(self, utt_ids: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
         """(id, array) for each distinct id, shard by shard in manifest order: ONE read per shard
-        (ShardReader.get_many), the shard opened for it and closed after, so memory is bounded by
-        one shard's rows. The arrays are views of that read: copy what you keep."""
+        (ShardReader.get_many) through a handle without a chunk cache, kept open in the process's
+        budget, so memory is bounded by one shard's rows. The arrays are views of that read: copy
+        what you keep."""
         by_shard: dict[str, list[str]] = defaultdict(list)
         for utt_id in dict.fromkeys(utt_ids):
             by_shard[self.shard_of(utt_id)].append(utt_id)
         for file in (f for f in self.shard_files() if f in by_shard):
-            reader = ShardReader(self.directory / file)
-            try:
-                arrays = reader.get_many(by_shard[file])
-            finally:
-                reader.close()
+            arrays = self._shard(file, STREAM_CHUNK_CACHE).get_many(by_shard[file])
             for utt_id, array in zip(by_shard[file], arrays):
                 yield utt_id, self._shape(array)
 
@@ -232,8 +234,8 @@ class FeatureStore:
     def _shape(self, array: np.ndarray) -> np.ndarray:
         return array[0] if self.spec.granularity == "utterance" else array
 
-    def _shard(self, file: str) -> ShardReader:
-        return _OPEN_SHARDS.get((self._number, file), self.directory / file)
+    def _shard(self, file: str, chunk_cache_bytes: int = HANDLE_CHUNK_CACHE) -> ShardReader:
+        return _OPEN_SHARDS.get((self._number, file, chunk_cache_bytes), self.directory / file)
 
     def close(self) -> None:
         _OPEN_SHARDS.close(self._number)

@@ -51,6 +51,7 @@ What happens, in order (all of it at construction, BEFORE any training):
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import Counter, OrderedDict, defaultdict
@@ -74,6 +75,7 @@ IGNORE_LABEL = -100  # as mer.fuse.models.base.IGNORE_LABEL (CrossEntropyLoss's 
 MIN_STD = 1e-6  # dims whose training std is below this are centred, not scaled
 TARGET_ROLE = "target"  # the NormStats entry of dimensional targets' z-normalisation
 STATS_BLOCK_ELEMENTS = 1 << 22  # rows x dim gathered before one float64 moment update (32 MiB)
+TORCH_GRAIN = 32768  # elements: torch runs a copy of at most this many on the calling thread (at::internal::GRAIN_SIZE)
 
 
 # ----------------------------------------------------------------------------- lengths
@@ -91,6 +93,8 @@ def shard_lengths(store: FeatureStore) -> dict[str, int]:
 
 def _flat(array: np.ndarray) -> np.ndarray:
     """(rows, *row_shape) or (*row_shape,) of an utterance-level store -> (rows, dim)."""
+    if array.ndim == 2:
+        return array
     return array.reshape(1, -1) if array.ndim == 1 else array.reshape(len(array), -1)
 
 
@@ -225,7 +229,7 @@ class _Moments:
     def update(self, block: np.ndarray) -> None:
         if not len(block):
             return
-        block = block.astype(np.float64)
+        block = as_float32(block).astype(np.float64)
         n = len(block)
         mean = block.mean(0)
         m2 = ((block - mean) ** 2).sum(0)
@@ -291,6 +295,9 @@ def read_inputs(stores: Mapping[str, Sequence[FeatureStore]], ids: Sequence[str]
     for role, role_stores in stores.items():
         cut = lengths[role]
         parts = [{i: _cut(_flat(a), cut[i]) for i, a in store.read_many(ids)} for store in role_stores]
+        if len(parts) == 1 and not pooled:  # one feature, as read (most runs: no per-id join to make)
+            inputs[role] = parts[0]
+            continue
         inputs[role] = {i: _joined([part[i] for part in parts], pooled) for i in ids}
     return inputs
 
@@ -367,7 +374,22 @@ class FusionDataset(Dataset):
 
 
 def _pool(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.float32).mean(0) if len(array) > 1 else array[0].astype(np.float32)
+    return as_float32(array).mean(0) if len(array) > 1 else as_float32(array[0])
+
+
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """`array` as float32: itself when it is float32 already, else a copy. float16 goes through torch's vectorised conversion (numpy 2.4 converts
+    float16 one element at a time: 10 to 15x slower, the largest cost of a word-level batch), in pieces
+    of TORCH_GRAIN elements so that each runs on this thread: torch splits a larger copy over its
+    threads, and on busy cores that hand-off took 12 ms for a batch the thread converts in 20 us."""
+    if array.dtype != np.float16:
+        return array.astype(np.float32, copy=False)
+    out = np.empty(array.shape, np.float32)
+    source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1))
+    target = torch.from_numpy(out.reshape(-1))
+    for start in range(0, source.numel(), TORCH_GRAIN):
+        target[start:start + TORCH_GRAIN].copy_(source[start:start + TORCH_GRAIN])
+    return out
 
 
 # ----------------------------------------------------------------------------- collate
@@ -417,18 +439,21 @@ class FusionCollate:
     def _pad(self, role: str, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded float32 (batch, longest, dim) and its mask, with a few numpy calls per batch and one
         slice copy per item: a call per item costs more than the arithmetic of a word-level batch, a
-        boolean-mask scatter (out[mask] = rows) copies row by row (6x slower on frames), and torch's copies
-        and pad_sequence ran 1.5 to 10x slower than numpy's here. Only real rows are normalised."""
+        boolean-mask scatter (out[mask] = rows) copies row by row (6x slower on frames), and torch's slice
+        copies and pad_sequence ran 1.5 to 10x slower than numpy's here (its float16 conversion is the
+        fast one: as_float32). Only real rows are normalised."""
         lengths = [len(a) for a in arrays]
-        rows = np.concatenate(arrays).astype(np.float32, copy=False)  # (rows of the batch, dim)
+        rows = as_float32(np.concatenate(arrays))  # (rows of the batch, dim), a fresh array: normalised in place
         if role in self.stats:
             mean, std = self.stats[role]
             rows -= mean
             rows /= std
         mask = _lengths_mask(lengths)
         padded = np.zeros((*mask.shape, rows.shape[-1]), np.float32)
-        for item, (start, length) in enumerate(zip(np.cumsum(lengths) - lengths, lengths)):
+        start = 0
+        for item, length in enumerate(lengths):
             padded[item, :length] = rows[start:start + length]
+            start += length
         return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
@@ -477,8 +502,10 @@ class BucketBatchSampler(Sampler):
     def subset(self, indices: Sequence[int], seed: int) -> "BucketBatchSampler":
         """The same batching over the samples `indices` only (its batches hold positions in
         `indices`), seeded with `seed`, never dropping (ShardStream drops, once per pass)."""
-        return BucketBatchSampler([tuple(k) for k in self.keys[np.asarray(indices, dtype=np.int64)]], self.batch_size,
-                                  self.shuffle, seed, self.batches_per_bucket, False, self.batching)
+        subset = copy.copy(self)  # the keys taken as they are: rebuilding them from tuples cost more than batching
+        subset.keys = self.keys[np.asarray(indices, dtype=np.int64)]
+        subset.seed, subset.drop_last, subset.epoch = seed, False, 0
+        return subset
 
     def __len__(self) -> int:
         n = len(self.keys)
