@@ -405,6 +405,25 @@ def test_as_float32_equals_numpys_conversion(shape):
     assert as_float32(same) is same  # float32 stays itself (the collate's concatenation is the copy)
 
 
+@pytest.mark.parametrize("rows", [(1, 5, 0, 3), (TORCH_GRAIN // 4 + 9, 5, TORCH_GRAIN // 4)])  # words; frame-sized
+def test_collate_normalises_real_rows_only(rows):
+    """Both paths of the one-pass conversion + normalisation equal (x - mean) / std in float64, padding stays 0."""
+    from mer.fuse.data import RoleStats
+    rng = np.random.default_rng(1)
+    dim = 8
+    arrays = [(3 * rng.standard_normal((n, dim)) + 1).astype(np.float16) for n in rows]
+    mean, std = rng.standard_normal(dim), rng.uniform(0.5, 2.0, dim)
+    stats = NormStats({"audio": RoleStats("x", mean, std, 10)})
+    items = [{"id": str(k), "label": 0, "audio": a} for k, a in enumerate(arrays)]
+    assert (sum(rows) * dim >= len(rows) * TORCH_GRAIN) == (max(rows) > 5)  # the path each case takes
+    batch = FusionCollate("utterance", ("audio",), stats=stats)(items)
+    assert batch["audio"].dtype == torch.float32 and batch["audio"].shape == (len(rows), max(rows), dim)
+    for k, array in enumerate(arrays):
+        expected = (array.astype(np.float64) - mean) / std
+        np.testing.assert_allclose(batch["audio"][k, :len(array)].numpy(), expected, rtol=1e-5, atol=1e-5)
+        assert not batch["audio"][k, len(array):].any()
+
+
 def test_a_fold_without_dev_utterances_is_refused_in_one_line(cache):
     fold = make_fold()
     with pytest.raises(MerError, match="fold split has no dev utterances"):
