@@ -144,7 +144,7 @@ def test_pools_hold_at_most_their_shards_and_bytes(cache):
 # ----------------------------------------------------------------------------- loader workers
 
 def worker_and_ids(items):
-    return get_worker_info().id, [item["id"] for item in items]
+    return get_worker_info().id, list(items.ids)  # UtteranceRows
 
 
 def test_each_loader_worker_owns_disjoint_shards(cache):

@@ -202,17 +202,21 @@ class FeatureStore:
         return self._shape(self._shard(self.shard_of(utt_id)).get(utt_id))
 
     def read_many(self, utt_ids: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """(id, array) for each distinct id, shard by shard in manifest order: ONE read per shard
-        (ShardReader.get_many) through a handle without a chunk cache, kept open in the process's
-        budget, so memory is bounded by one shard's rows. The arrays are views of that read: copy
-        what you keep."""
+        """(id, array) for each distinct id, shard by shard in manifest order (read_rows). The arrays are
+        views of a shard's read: copy what you keep."""
+        for ids, arrays in self.read_rows(utt_ids):
+            for utt_id, array in zip(ids, arrays):
+                yield utt_id, self._shape(array)
+
+    def read_rows(self, utt_ids: Iterable[str]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """(ids, their (rows, *row_shape) arrays) per shard holding any of the distinct `utt_ids`, in manifest
+        order: ONE read per shard (ShardReader.get_many) through a handle without a chunk cache, kept open in
+        the process's budget, so memory is bounded by one shard's rows. The arrays are views of that read."""
         by_shard: dict[str, list[str]] = defaultdict(list)
         for utt_id in dict.fromkeys(utt_ids):
             by_shard[self.shard_of(utt_id)].append(utt_id)
         for file in (f for f in self.shard_files() if f in by_shard):
-            arrays = self._shard(file, STREAM_CHUNK_CACHE).get_many(by_shard[file])
-            for utt_id, array in zip(by_shard[file], arrays):
-                yield utt_id, self._shape(array)
+            yield by_shard[file], self._shard(file, STREAM_CHUNK_CACHE).get_many(by_shard[file])
 
     def extra(self, name: str, utt_id: str) -> np.ndarray:
         return self._shard(self.shard_of(utt_id)).extra(name, utt_id)

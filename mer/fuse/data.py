@@ -293,8 +293,7 @@ def read_inputs(stores: Mapping[str, Sequence[FeatureStore]], ids: Sequence[str]
     held, a pool's worth; a cut array is copied, so the rows it drops are not held."""
     inputs = {}
     for role, role_stores in stores.items():
-        cut = lengths[role]
-        parts = [{i: _cut(_flat(a), cut[i]) for i, a in store.read_many(ids)} for store in role_stores]
+        parts = [_read_cut(store, ids, lengths[role]) for store in role_stores]
         if len(parts) == 1 and not pooled:  # one feature, as read (most runs: no per-id join to make)
             inputs[role] = parts[0]
             continue
@@ -302,8 +301,14 @@ def read_inputs(stores: Mapping[str, Sequence[FeatureStore]], ids: Sequence[str]
     return inputs
 
 
-def _cut(rows: np.ndarray, length: int) -> np.ndarray:
-    return rows if len(rows) == length else rows[:length].copy()
+def _read_cut(store: FeatureStore, ids: Sequence[str], cut: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """id -> (rows, dim) of `store`, cut to `cut[id]` rows (a copy) or whole (a view of the shard's read)."""
+    rows: dict[str, np.ndarray] = {}
+    for shard_ids, arrays in store.read_rows(ids):
+        rows.update(zip(shard_ids, arrays))
+    if len(store.spec.row_shape) > 1:
+        rows = {i: a.reshape(len(a), -1) for i, a in rows.items()}
+    return {i: a if len(a) == cut[i] else a[:cut[i]].copy() for i, a in rows.items()}
 
 
 def _joined(parts: Sequence[np.ndarray], pooled: bool) -> np.ndarray:
@@ -346,11 +351,17 @@ class FusionDataset(Dataset):
         return self._item(self.samples[index], self.rows)
 
     def items(self, indices: Sequence[int]) -> dict[int, dict]:
-        """index -> item for the samples `indices`, their inputs read together (read_inputs)."""
-        ids = [utt_id for k in indices for utt_id in self.samples[k]]
-        inputs = self.memory if self.memory is not None else \
-            read_inputs(self._stores.by_role(), ids, self.lengths, self.sample_unit == "dialogue")
+        """index -> item for the samples `indices`, their inputs read together (inputs)."""
+        inputs = self.inputs(indices)
         return {k: self._item(self.samples[k], lambda role, utt_id: inputs[role][utt_id]) for k in indices}
+
+    def inputs(self, indices: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
+        """role -> id -> input (as `rows` gives it) of every utterance of the samples `indices`: preloaded, or
+        read with one read per shard of each store (read_inputs)."""
+        if self.memory is not None:
+            return self.memory
+        ids = [utt_id for k in indices for utt_id in self.samples[k]]
+        return read_inputs(self._stores.by_role(), ids, self.lengths, self.sample_unit == "dialogue")
 
     def _item(self, ids: tuple[str, ...], rows) -> dict:
         if self.sample_unit == "utterance":
@@ -409,6 +420,15 @@ def as_float32(array: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- collate
 
 
+@dataclass
+class UtteranceRows:
+    """A batch of utterance samples before collation: ids, labels and, per role, each one's input rows."""
+
+    ids: list[str]
+    labels: list
+    inputs: dict[str, list[np.ndarray]]  # role -> (rows, dim) per id, in the stored dtype
+
+
 class FusionCollate:
     """Items -> the batch contract of mer/fuse/models/base.py (float32 tensors, bool masks
     True = real, labels long or float32, -100 at padded dialogue positions), z-normalising
@@ -427,12 +447,12 @@ class FusionCollate:
                               torch.from_numpy((-stats[role].mean / stats[role].std).astype(np.float32)))
                        for role in self.roles if stats is not None and role in stats}
 
-    def __call__(self, items: Sequence[dict]) -> dict:
+    def __call__(self, items: Union[Sequence[dict], UtteranceRows]) -> dict:
+        if isinstance(items, UtteranceRows):
+            return self._utterances(items)
         if self.sample_unit == "utterance":
-            batch = {"ids": [item["id"] for item in items], "label": self._labels([item["label"] for item in items])}
-            for role in self.roles:
-                batch[role], batch[f"{role}_mask"] = self._pad(role, [item[role] for item in items])
-            return batch
+            return self._utterances(UtteranceRows([item["id"] for item in items], [item["label"] for item in items],
+                                                  {role: [item[role] for item in items] for role in self.roles}))
         batch = {"ids": [item["ids"] for item in items]}
         mask = None
         for role in self.roles:
@@ -449,15 +469,21 @@ class FusionCollate:
         batch["label"] = labels
         return batch
 
+    def _utterances(self, rows: UtteranceRows) -> dict:
+        batch = {"ids": rows.ids, "label": self._labels(rows.labels)}
+        for role in self.roles:
+            batch[role], batch[f"{role}_mask"] = self._pad(role, rows.inputs[role])
+        return batch
+
     def _labels(self, values: list) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32 if self.regression else torch.long)
+        return torch.from_numpy(np.asarray(values, dtype=np.float32 if self.regression else np.int64))
 
     def _pad(self, role: str, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded float32 (batch, longest, dim) and its mask; only real rows are normalised, padding stays 0.
         Conversion and normalisation are one pass (write_float32). Items of a TORCH_GRAIN of values or more
-        (frames) are written straight into their padded rows; smaller ones (words) are concatenated and
-        converted in a few calls, then copied by one numpy slice each: a call per item costs more than a
-        word-level item's arithmetic, and torch's slice copies ran 1.5 to 10x slower than numpy's here."""
+        (frames) are written straight into their padded rows; smaller ones (words) are concatenated,
+        converted in a few calls and scattered by one indexed assignment: a call per item costs more than a
+        word-level item's arithmetic (a slice copy per item took 2x as long)."""
         lengths = [len(a) for a in arrays]
         mask = _lengths_mask(lengths)
         dim = arrays[0].shape[-1] if arrays else 0
@@ -469,10 +495,7 @@ class FusionCollate:
         else:
             rows = np.empty((sum(lengths), dim), np.float32)  # (rows of the batch, dim)
             write_float32(rows, np.concatenate(arrays), affine)
-            start = 0
-            for item, length in enumerate(lengths):
-                padded[item, :length] = rows[start:start + length]
-                start += length
+            padded.reshape(-1, dim)[np.flatnonzero(mask)] = rows  # the mask's True cells, in row-major order
         return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
@@ -636,13 +659,26 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         yield from self.batches(int(self._epoch), *((info.id, info.num_workers) if info else (0, 1)))
 
-    def batches(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[list[dict]]:
-        """The batches `worker` of `workers` makes in `epoch`, reading pool by pool."""
-        held: dict[int, dict] = {}  # items read and not yet batched: a pool's and the carried ones
+    def batches(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[Union[list[dict], "UtteranceRows"]]:
+        """The batches `worker` of `workers` makes in `epoch`, reading pool by pool: UtteranceRows in
+        utterance mode (no dict per utterance: at word level those cost more than the rows), lists of
+        items in dialogue mode."""
+        if self.dataset.sample_unit == "dialogue":
+            held: dict[int, dict] = {}  # items read and not yet batched: a pool's and the carried ones
+            for pool, batches in self.plan(epoch, worker, workers):
+                held.update(self.dataset.items([k for unit in pool for k in unit.samples]))
+                for batch in batches:
+                    yield [held.pop(k) for k in batch]
+            return
+        samples, label_of = self.dataset.samples, self.dataset.label_of
+        inputs: dict[str, dict[str, np.ndarray]] = {role: {} for role in self.dataset.sources}  # read, not yet batched
         for pool, batches in self.plan(epoch, worker, workers):
-            held.update(self.dataset.items([k for unit in pool for k in unit.samples]))
+            for role, read in self.dataset.inputs([k for unit in pool for k in unit.samples]).items():
+                inputs[role].update(read)
             for batch in batches:
-                yield [held.pop(k) for k in batch]
+                ids = [samples[k][0] for k in batch]
+                yield UtteranceRows(ids, [label_of[i] for i in ids],
+                                    {role: [held.pop(i) for i in ids] for role, held in inputs.items()})
 
     def plan(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[tuple[list[ShardUnit], list[list[int]]]]:
         """(pool, the batches of sample indices complete once it is read) for `worker`'s pools; nothing is read."""
