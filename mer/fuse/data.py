@@ -389,9 +389,11 @@ def _pool(array: np.ndarray) -> np.ndarray:
 
 
 def write_float32(out: np.ndarray, rows: np.ndarray, affine: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
-    """out[...] = rows as float32, times scale plus shift when `affine` = (scale, shift) of rows' last axis, in one
-    pass: torch converts float16 vectorised (numpy one element at a time, 10x slower) and addcmul fuses the
-    normalisation. In pieces of whole rows of at most TORCH_GRAIN values, so each runs on this thread (see as_float32)."""
+    """out[...] = rows as float32 (times scale plus shift when `affine` = (scale, shift) over the last axis) in one
+    pass. torch converts float16 vectorised (numpy 2.4 one element at a time: 10 to 15x slower, the largest cost
+    of a word-level batch) and addcmul fuses the normalisation; in pieces of whole rows of at most TORCH_GRAIN
+    values, so each runs on this thread: torch splits a larger copy over its threads, and on busy cores that
+    hand-off took 12 ms for a batch the thread converts in 20 us."""
     source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(out)
     piece = max(1, TORCH_GRAIN // max(1, int(np.prod(rows.shape[1:]))))
     for start in range(0, len(rows), piece):
@@ -403,17 +405,11 @@ def write_float32(out: np.ndarray, rows: np.ndarray, affine: Optional[tuple[torc
 
 
 def as_float32(array: np.ndarray) -> np.ndarray:
-    """`array` as float32: itself when it is float32 already, else a copy. float16 goes through torch's vectorised conversion (numpy 2.4 converts
-    float16 one element at a time: 10 to 15x slower, the largest cost of a word-level batch), in pieces
-    of TORCH_GRAIN elements so that each runs on this thread: torch splits a larger copy over its
-    threads, and on busy cores that hand-off took 12 ms for a batch the thread converts in 20 us."""
+    """`array` as float32: itself when it is float32 already, else a copy (write_float32)."""
     if array.dtype != np.float16:
         return array.astype(np.float32, copy=False)
     out = np.empty(array.shape, np.float32)
-    source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1))
-    target = torch.from_numpy(out.reshape(-1))
-    for start in range(0, source.numel(), TORCH_GRAIN):
-        target[start:start + TORCH_GRAIN].copy_(source[start:start + TORCH_GRAIN])
+    write_float32(out, array)
     return out
 
 
