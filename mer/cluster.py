@@ -26,11 +26,26 @@ def dask_client(scheduler: Optional[str] = None, workers: int = 1, threads: Opti
         with _connect(scheduler) as client:
             yield client
         return
+    import dask
+
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40, env=env, preload=[__name__]) as cluster, Client(cluster) as client:
+    # not daemonic: a fold's DataLoader workers (--loader-workers) are child processes, which a daemon may not have
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         silence_logs=40, env=env, preload=[__name__]) as cluster, Client(cluster) as client:
         yield client
+
+
+def check_can_fork_workers(loader_workers: int) -> None:
+    """A one-line error, with the fix, where DataLoader workers cannot start: in a daemonic process (a dask
+    worker started with dask's default `distributed.worker.daemon: True`)."""
+    import multiprocessing
+
+    if loader_workers > 0 and multiprocessing.current_process().daemon:
+        raise MerError(f"--loader-workers {loader_workers}: this dask worker is a daemonic process, which cannot start "
+                       "DataLoader workers; start the dask workers with "
+                       "`DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ADDR`, or use --loader-workers 0")
 
 
 def _connect(scheduler: str):

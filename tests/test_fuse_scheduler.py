@@ -122,3 +122,22 @@ def test_ablation_specs_name_the_papers_rows_and_the_resume_command_repeats_them
            "protocol_options": {}, "settings": {}, "ablations": ["no_awa", "window=30"], "seed": 0, "device": "auto",
            "trainer": {}}
     assert "--ablation no_awa+window=30 --seed 0" in fuse_command(run, Path("/r"))
+
+
+def test_local_workers_can_start_loader_workers(cache, tmp_path):
+    """`--workers 2 --loader-workers 1`: a local cluster's worker processes are not daemonic, so a fold's
+    DataLoader workers start (a daemon may not have children: this run failed with a traceback)."""
+    result = ok(fuse(cache, tmp_path, *TWO_FOLDS, "--device", "cpu", "--workers", "2", "--loader-workers", "1"))
+    assert "[Ses01] done" in result.output and "[Ses02] done" in result.output
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["Ses01.json", "Ses02.json"]
+
+
+def test_loader_workers_in_a_daemonic_dask_worker_is_a_one_line_error_with_the_fix(monkeypatch):
+    import multiprocessing
+    from mer.cluster import check_can_fork_workers
+
+    check_can_fork_workers(1)  # this process may have children
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    check_can_fork_workers(0)
+    with pytest.raises(MerError, match=r"DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ADDR.*--loader-workers 0"):
+        check_can_fork_workers(1)

@@ -29,7 +29,7 @@ from mer import __version__
 from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import find_text_source, read_wer
-from mer.cluster import dask_client
+from mer.cluster import check_can_fork_workers, dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
@@ -578,6 +578,7 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
     log = log or (lambda line: None)
     job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
+    check_can_fork_workers(job.loader_workers)
     config = job.config
     seed_everything(job.trainer.seed, job.trainer.deterministic)  # before the model's initial weights are drawn
     data = FusionData.from_fold_set(job.cache, job.corpus, job.features["audio"], job.features["text"], job.fold_set,
