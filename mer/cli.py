@@ -167,6 +167,15 @@ def _summary_dict(summary) -> dict:
                          for f in summary.features]}
 
 
+def _workers(value: str) -> Optional[int]:
+    """--loader-workers: a count >= 0, or auto (None)."""
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise click.BadParameter(f"{value!r}: give a number of processes (0, 1, 2, ...) or auto")
+    return int(value)
+
+
 def _key_values(settings: tuple[str, ...], flag: str) -> dict:
     out = {}
     for setting in settings:
@@ -202,7 +211,9 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
               help="auto: CUDA when present (decided on each worker with --scheduler).")
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
-@click.option("--loader-workers", default=0, show_default=True, help="DataLoader worker processes per fold.")
+@click.option("--loader-workers", default="auto", show_default=True, callback=lambda ctx, param, value: _workers(value),
+              help="DataLoader worker processes per fold; auto: 1 when a fold streams its inputs from the cache "
+                   "(too large to preload), else 0.")
 def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, protocol_options, folds, workers,
          scheduler, out, overwrite, seed, device, class_weights, loader_workers) -> None:
     """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""

@@ -141,3 +141,24 @@ def test_loader_workers_in_a_daemonic_dask_worker_is_a_one_line_error_with_the_f
     check_can_fork_workers(0)
     with pytest.raises(MerError, match=r"DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ADDR.*--loader-workers 0"):
         check_can_fork_workers(1)
+
+
+@pytest.mark.parametrize("given,preload,daemon,expected", [
+    (None, True, False, 0), (None, False, False, 1), (None, False, True, 0), (2, True, False, 2), (0, False, False, 0)])
+def test_loader_workers_auto_reads_in_a_worker_only_when_streaming(monkeypatch, given, preload, daemon, expected):
+    import multiprocessing
+    from types import SimpleNamespace
+    from mer.fuse.run import loader_workers_for
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", daemon)
+    lines = []
+    assert loader_workers_for(SimpleNamespace(loader_workers=given, preload=preload, fold="f"), lines.append) == expected
+    assert bool(lines) == (given is None and not preload)  # auto says what it chose when it streams
+    if daemon and given is None:
+        assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in lines[0]
+
+
+def test_loader_workers_option_takes_a_count_or_auto(cache, tmp_path):
+    result = CliRunner().invoke(cli, ["fuse", "--model", "concat", "--dataset", CORPUS, "--cache", str(cache),
+                                      "--out", str(tmp_path), "--loader-workers", "two"])
+    assert result.exit_code == 2 and "'two': give a number of processes (0, 1, 2, ...) or auto" in result.output

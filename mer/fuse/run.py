@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shlex
 import shutil
 import time
@@ -66,7 +67,7 @@ class FuseConfig:
     scheduler: Optional[str] = None  # address of an existing dask.distributed scheduler that runs the folds
     folds: Optional[list[str]] = None  # a subset of the protocol's folds, by name
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    loader_workers: int = 0
+    loader_workers: Optional[int] = None  # DataLoader processes per fold; None: auto (loader_workers_for)
     preload_budget: int = PRELOAD_BYTES  # features the folds running at once may hold in memory; 0: always stream
 
 
@@ -83,7 +84,7 @@ class FoldJob:
     fold_set: FoldSet
     fold: str
     preload: bool
-    loader_workers: int
+    loader_workers: Optional[int]  # None: auto
 
 
 @dataclass
@@ -578,7 +579,7 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
     log = log or (lambda line: None)
     job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
-    check_can_fork_workers(job.loader_workers)
+    job = replace(job, loader_workers=loader_workers_for(job, log))
     config = job.config
     seed_everything(job.trainer.seed, job.trainer.deterministic)  # before the model's initial weights are drawn
     data = FusionData.from_fold_set(job.cache, job.corpus, job.features["audio"], job.features["text"], job.fold_set,
@@ -595,7 +596,8 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
                            batching=config.batching)
 
     train_loader = loader("train", True)
-    refit_loader = refit_loader_of(data, config, seed) if getattr(config, "refit_on_dev", False) else None
+    refit_loader = refit_loader_of(data, config, seed, job.loader_workers) \
+        if getattr(config, "refit_on_dev", False) else None
 
     def batches_of(loader):
         def batches(epoch: int):
@@ -613,10 +615,29 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     return result
 
 
-def refit_loader_of(data: FusionData, config: FusionConfig, seed: int):
+def refit_loader_of(data: FusionData, config: FusionConfig, seed: int, loader_workers: int = 0):
     """Shuffled batches of train + dev together (the refit after dev chose the epoch count); the inputs
     stay normalised with the training split's statistics."""
-    return data.loader("train+dev", config.batch_size, shuffle=True, seed=seed, batching=config.batching)
+    return data.loader("train+dev", config.batch_size, shuffle=True, seed=seed, num_workers=loader_workers,
+                       batching=config.batching)
+
+
+def loader_workers_for(job: FoldJob, log: Callable[[str], None]) -> int:
+    """The fold's DataLoader worker processes: as given (checked: check_can_fork_workers), or for auto (None)
+    one when the fold streams its inputs from the cache, so that reading and collating overlap training
+    (docs/performance.md), and none when they are preloaded (a batch is then a few copies) or the process
+    may not have children (a daemonic dask worker)."""
+    if job.loader_workers is not None:
+        check_can_fork_workers(job.loader_workers)
+        return job.loader_workers
+    if job.preload:
+        return 0
+    if multiprocessing.current_process().daemon:
+        log(f"[{job.fold}] --loader-workers auto: 0, this dask worker is a daemonic process "
+            "(start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to read in a loader worker)")
+        return 0
+    log(f"[{job.fold}] --loader-workers auto: 1 (inputs streamed from the cache, read while the model trains)")
+    return 1
 
 
 def _save_checkpoint(path: Path, state_dict: dict) -> None:
