@@ -420,7 +420,36 @@ def read_rows(corpora: dict[str, Corpus], scale: Scale, parts: set[str]) -> list
             pair = compare(f"random access, {key}: get vs .npy", get_pass(corpus, feature, everyone),
                            npy_get_pass(corpus.npy[feature], everyone), scale.repeats)
             rows.append(speed_row(f"random access by id, {key} ({len(everyone)} ids, warm)", pair, 1))
+    if "random" in parts:
+        rows.append(checksum_row(corpora["iemocap"], WAVLM.name, scale))
     return rows
+
+
+def checksum_row(corpus: Corpus, feature: str, scale: Scale) -> Row:
+    """What the cache's integrity check costs: one shard's rows read whole from an HDF5 file with the cache's
+    chunks and fletcher32 checksums, against the same rows and chunks without them (what no mer cache is)."""
+    import h5py
+
+    shard = sorted(corpus.root.glob(f"{corpus.name}/{feature}@*/shard-*.h5"))[0]
+    with h5py.File(shard, "r") as f:
+        rows, chunks = f["data"][()], f["data"].chunks
+    copies = {}
+    for checked in (True, False):
+        copies[checked] = shard.parent.parent / f"checksum-{checked}.h5"
+        with h5py.File(copies[checked], "w") as f:
+            f.create_dataset("data", data=rows, chunks=chunks, fletcher32=checked)
+
+    def read(path: Path) -> Callable[[], int]:
+        def run() -> int:
+            with h5py.File(path, "r") as f:
+                return sum(len(f["data"][()]) for _ in range(10))
+        return run
+    pair = compare(f"one shard ({rows.nbytes / 1e6:.0f} MB) read 10x: fletcher32-checked vs unchecked",
+                   read(copies[True]), read(copies[False]), scale.repeats)
+    for path in copies.values():
+        path.unlink()
+    return speed_row(f"(why) one {feature} shard of {rows.nbytes / 1e6:.0f} MB read whole 10 times, with the "
+                     "cache's fletcher32 checksums vs the same chunks unchecked", pair, None)
 
 
 def epoch_rows(key: str, corpus: Corpus, feature: str, role: str, scale: Scale) -> list[Row]:
