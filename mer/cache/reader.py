@@ -214,7 +214,7 @@ class FeatureStore:
         the process's budget, so memory is bounded by one shard's rows. The arrays are views of that read."""
         by_shard: dict[str, list[str]] = defaultdict(list)
         for utt_id in dict.fromkeys(utt_ids):
-            by_shard[self.shard_of(utt_id)].append(utt_id)
+            by_shard[self._shard_of.get(utt_id) or self.shard_of(utt_id)].append(utt_id)  # shard_of: the KeyError
         for file in (f for f in self.shard_files() if f in by_shard):
             yield by_shard[file], self._shard(file, STREAM_CHUNK_CACHE).get_many(by_shard[file])
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -395,7 +396,7 @@ def write_float32(out: np.ndarray, rows: np.ndarray, affine: Optional[tuple[torc
     values, so each runs on this thread: torch splits a larger copy over its threads, and on busy cores that
     hand-off took 12 ms for a batch the thread converts in 20 us."""
     source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(out)
-    piece = max(1, TORCH_GRAIN // max(1, int(np.prod(rows.shape[1:]))))
+    piece = max(1, TORCH_GRAIN // max(1, math.prod(rows.shape[1:])))
     for start in range(0, len(rows), piece):
         part = slice(start, start + piece)
         if affine is None:
