@@ -484,7 +484,8 @@ def mfdr_rows(corpus: Corpus, scale: Scale) -> list[Row]:
                        warm=lambda: sum(1 for _ in itertools.islice(loader, count)))
         ratio = pair.ratio  # memory time / cache time
         rows.append(Row(f"MFDR paper size, the first {count} batches of {config.batch_size} of an epoch "
-                        f"(whole pools), --loader-workers {workers}",
+                        f"(whole pools), --loader-workers {workers}"
+                        f"{' (what auto gives a streamed fold)' if workers == 1 else ''}",
                         _timing(pair.ours), _timing(pair.peer), ratio, ">= 0.9", ratio >= 0.9))
         del loader, in_memory
     return rows
