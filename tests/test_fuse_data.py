@@ -428,3 +428,12 @@ def test_a_fold_without_dev_utterances_is_refused_in_one_line(cache):
     fold = make_fold()
     with pytest.raises(MerError, match="fold split has no dev utterances"):
         FusionData(cache, CORPUS, "wav", "words", Fold(fold.name, fold.train_ids, (), fold.test_ids), targets(), LABELS)
+
+
+def test_batch_bytes_is_the_mean_stored_input_of_a_batch(cache):
+    data = make_data(cache)
+    train = data.ids["train"]
+    itemsize = {"audio": 2, "text": 4}  # the fixture's wav frames are float16, its words float32
+    assert [data.sources[role].dtypes for role in itemsize] == [("float16",), ("float32",)]
+    stored = [sum(data.lengths[role][i] * data.sources[role].dim * itemsize[role] for role in itemsize) for i in train]
+    assert data.batch_bytes("train", 4) == 4 * sum(stored) // len(stored)

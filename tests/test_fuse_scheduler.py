@@ -143,16 +143,20 @@ def test_loader_workers_in_a_daemonic_dask_worker_is_a_one_line_error_with_the_f
         check_can_fork_workers(1)
 
 
-@pytest.mark.parametrize("given,preload,daemon,expected", [
-    (None, True, False, 0), (None, False, False, 1), (None, False, True, 0), (2, True, False, 2), (0, False, False, 0)])
-def test_loader_workers_auto_reads_in_a_worker_only_when_streaming(monkeypatch, given, preload, daemon, expected):
+@pytest.mark.parametrize("given,preload,batch_mib,daemon,expected", [
+    (None, True, 64, False, 0), (None, False, 64, False, 1), (None, False, 1, False, 0), (None, False, 64, True, 0),
+    (2, True, 1, False, 2), (0, False, 64, False, 0)])
+def test_loader_workers_auto_reads_in_a_worker_only_for_large_streamed_batches(monkeypatch, given, preload, batch_mib,
+                                                                               daemon, expected):
     import multiprocessing
     from types import SimpleNamespace
-    from mer.fuse.run import loader_workers_for
+    from mer.fuse.run import LOADER_WORKER_MIN_BATCH_BYTES, loader_workers_for
 
+    assert 1 << 20 < LOADER_WORKER_MIN_BATCH_BYTES <= 64 << 20
     monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", daemon)
     lines = []
-    assert loader_workers_for(SimpleNamespace(loader_workers=given, preload=preload, fold="f"), lines.append) == expected
+    job = SimpleNamespace(loader_workers=given, preload=preload, fold="f")
+    assert loader_workers_for(job, batch_mib << 20, lines.append) == expected
     assert bool(lines) == (given is None and not preload)  # auto says what it chose when it streams
     if daemon and given is None:
         assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in lines[0]

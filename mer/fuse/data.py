@@ -1111,6 +1111,11 @@ class FusionData:
         return [ShardUnit(shard, tuple(ks), sum(self._input_bytes(samples[k]) for k in ks))
                 for shard, ks in sorted(members.items())]
 
+    def batch_bytes(self, split: str, batch_size: int) -> int:
+        """Stored bytes of the inputs of an average batch of `split` (before float32 conversion and padding)."""
+        samples = self._split_samples(split)
+        return batch_size * sum(self._input_bytes(sample) for sample in samples) // max(1, len(samples))
+
     def _input_bytes(self, sample: tuple[str, ...]) -> int:
         if self.sample_unit == "dialogue":
             return len(sample) * sum(4 * source.dim for source in self.sources.values())

@@ -44,6 +44,9 @@ from mer.fuse.report import (digest_of_test_ids, fold_from_record, fold_record, 
 from mer.fuse.trainer import FoldResult, TrainerConfig, seed_everything, train_fold
 from mer.hashing import sha256_file
 
+# auto: a loader worker for streamed batches of at least this many stored bytes. Below it, its hand-off (about 2.5 ms
+# a batch on 2 cores, measured with word-level batches of 32) costs more than the reading it takes off the trainer.
+LOADER_WORKER_MIN_BATCH_BYTES = 4 << 20
 PRELOAD_BYTES = 2 << 30  # memory for preloaded features, shared by the folds running at once (FuseConfig.preload_budget)
 RUN_ENTRIES = ("config.json", "metrics.json", "predictions.csv", "history.json", "confusion.png", "curves.png",
                "checkpoints", "norm", "folds")  # what --overwrite removes
@@ -579,7 +582,8 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
     """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
     log = log or (lambda line: None)
     job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
-    job = replace(job, loader_workers=loader_workers_for(job, log))
+    if job.loader_workers is not None:
+        check_can_fork_workers(job.loader_workers)
     config = job.config
     seed_everything(job.trainer.seed, job.trainer.deterministic)  # before the model's initial weights are drawn
     data = FusionData.from_fold_set(job.cache, job.corpus, job.features["audio"], job.features["text"], job.fold_set,
@@ -588,6 +592,7 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
                                     preload=job.preload)
     for line in data.summary().splitlines():
         log(f"[{job.fold}] {line}")
+    job = replace(job, loader_workers=loader_workers_for(job, data.batch_bytes("train", config.batch_size), log))
     model = build_model(job.model, data.num_classes, data.input_dims, config)
     seed = job.trainer.seed
 
@@ -622,21 +627,27 @@ def refit_loader_of(data: FusionData, config: FusionConfig, seed: int, loader_wo
                        batching=config.batching)
 
 
-def loader_workers_for(job: FoldJob, log: Callable[[str], None]) -> int:
-    """The fold's DataLoader worker processes: as given (checked: check_can_fork_workers), or for auto (None)
-    one when the fold streams its inputs from the cache, so that reading and collating overlap training
-    (docs/performance.md), and none when they are preloaded (a batch is then a few copies) or the process
-    may not have children (a daemonic dask worker)."""
+def loader_workers_for(job: FoldJob, batch_bytes: int, log: Callable[[str], None]) -> int:
+    """The fold's DataLoader worker processes: as given, or for auto (None) one when the fold streams its
+    inputs from the cache in batches of at least LOADER_WORKER_MIN_BATCH_BYTES (frames: reading and
+    collating then overlap training), else none: preloaded inputs make a batch in a few copies, a small
+    streamed batch is read faster than a worker hands it over, and a daemonic dask worker may not have
+    children. docs/performance.md, "Training input (stage 2)", has the numbers."""
     if job.loader_workers is not None:
-        check_can_fork_workers(job.loader_workers)
         return job.loader_workers
     if job.preload:
+        return 0
+    size = f"{batch_bytes / 2 ** 20:.1f} MiB"
+    if batch_bytes < LOADER_WORKER_MIN_BATCH_BYTES:
+        log(f"[{job.fold}] --loader-workers auto: 0 (streamed batches of about {size} are read here faster than a "
+            "loader worker hands them over)")
         return 0
     if multiprocessing.current_process().daemon:
         log(f"[{job.fold}] --loader-workers auto: 0, this dask worker is a daemonic process "
             "(start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to read in a loader worker)")
         return 0
-    log(f"[{job.fold}] --loader-workers auto: 1 (inputs streamed from the cache, read while the model trains)")
+    log(f"[{job.fold}] --loader-workers auto: 1 (batches of about {size} streamed from the cache, read while the "
+        "model trains)")
     return 1
 
 
