@@ -213,7 +213,7 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
 @click.option("--loader-workers", default="auto", show_default=True, callback=lambda ctx, param, value: _workers(value),
               help="DataLoader worker processes per fold; auto: 1 when a fold streams its inputs from the cache "
-                   "(too large to preload), else 0.")
+                   "(too large to preload) in batches of 4 MiB or more, else 0.")
 def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, protocol_options, folds, workers,
          scheduler, out, overwrite, seed, device, class_weights, loader_workers) -> None:
     """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""
