@@ -37,12 +37,17 @@ def dask_client(scheduler: Optional[str] = None, workers: int = 1, threads: Opti
         yield client
 
 
-def check_can_fork_workers(loader_workers: int) -> None:
-    """A one-line error, with the fix, where DataLoader workers cannot start: in a daemonic process (a dask
-    worker started with dask's default `distributed.worker.daemon: True`)."""
+def daemonic() -> bool:
+    """Whether this process is a daemon (a dask worker started with dask's default `distributed.worker.daemon:
+    True`), which may not start child processes such as DataLoader workers."""
     import multiprocessing
 
-    if loader_workers > 0 and multiprocessing.current_process().daemon:
+    return bool(multiprocessing.current_process().daemon)
+
+
+def check_can_fork_workers(loader_workers: int) -> None:
+    """A one-line error, with the fix, where DataLoader workers cannot start (daemonic)."""
+    if loader_workers > 0 and daemonic():
         raise MerError(f"--loader-workers {loader_workers}: this dask worker is a daemonic process, which cannot start "
                        "DataLoader workers; start the dask workers with "
                        "`DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ADDR`, or use --loader-workers 0")

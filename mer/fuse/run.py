@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import shlex
 import shutil
 import time
@@ -30,7 +29,7 @@ from mer import __version__
 from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import find_text_source, read_wer
-from mer.cluster import check_can_fork_workers, dask_client
+from mer.cluster import check_can_fork_workers, daemonic, dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
@@ -642,7 +641,7 @@ def loader_workers_for(job: FoldJob, batch_bytes: int, log: Callable[[str], None
         log(f"[{job.fold}] --loader-workers auto: 0 (streamed batches of about {size} are read here faster than a "
             "loader worker hands them over)")
         return 0
-    if multiprocessing.current_process().daemon:
+    if daemonic():
         log(f"[{job.fold}] --loader-workers auto: 0, this dask worker is a daemonic process "
             "(start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to read in a loader worker)")
         return 0
