@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -404,7 +405,7 @@ def _timing(t: Timing) -> str:
     return f"{t.seconds:.2f} s (load {t.load_before:.1f} -> {t.load_after:.1f})"
 
 
-PARTS = ("epoch", "random", "mfdr", "rss")
+PARTS = ("epoch", "random", "handoff", "mfdr", "rss")
 READ_CASES = (("IEMOCAP-like WavLM frames", "iemocap", WAVLM.name, "audio"),
               ("MELD-like minilm-l6 words", "meld", MINILM_WORDS.name, "text"))
 
@@ -466,6 +467,33 @@ def epoch_rows(key: str, corpus: Corpus, feature: str, role: str, scale: Scale) 
         files = lambda: [*corpus.root.glob(f"{corpus.name}/{feature}@*/shard-*.h5"),  # noqa: E731
                          *corpus.npy[feature].values()]
         rows.append(speed_row(f"epoch read, {key} (cold: files evicted)", cold(ours, peer, files), None))
+    return rows
+
+
+def handoff_rows(batches: int = 100) -> list[Row]:
+    """What one DataLoader worker costs per batch (the basis of `--loader-workers auto`'s 4 MiB rule): batches
+    of zeros shaped like a word-level and a frame-level training batch, made in the training process
+    (reference) vs made in one worker and handed over."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Zeros(IterableDataset):
+        def __init__(self, shape):
+            self.shape = shape
+
+        def __iter__(self):
+            for _ in range(batches):
+                yield {"x": torch.zeros(self.shape), "mask": torch.ones(self.shape[:2], dtype=torch.bool),
+                       "label": torch.zeros(self.shape[0], dtype=torch.long), "ids": [str(i) for i in range(32)]}
+    rows = []
+    for what, shape in (("word-level", (32, 18, 384)), ("frame-level", (32, 255, 768))):
+        loaders = [DataLoader(Zeros(shape), batch_size=None, num_workers=w, persistent_workers=w > 0) for w in (1, 0)]
+        passes = [lambda loader=loader: sum(1 for _ in loader) for loader in loaders]
+        pair = compare(f"{batches} {what} batches {shape} through 1 worker vs made in this process", *passes, 3)
+        mib = 4 * math.prod(shape) / 2 ** 20
+        rows.append(Row(f"(auto's rule) {batches} {what} batches of zeros {shape} ({mib:.1f} MiB float32): one "
+                        "loader worker vs made in the training process", _timing(pair.ours), _timing(pair.peer),
+                        pair.ratio, "(none)", None))
     return rows
 
 
@@ -577,6 +605,8 @@ def run(tmp: Path, scale: Scale, parts: set[str]) -> str:
     head = header(scale, corpora, time.perf_counter() - started)
     print(head, flush=True)
     rows = read_rows(corpora, scale, parts)
+    if "handoff" in parts:
+        rows += handoff_rows()
     if "mfdr" in parts:
         rows += mfdr_rows(corpora["iemocap"], scale)
     if "rss" in parts:
