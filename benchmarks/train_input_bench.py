@@ -25,7 +25,10 @@ and a pair is measured again when the load after it exceeded the number of cores
    both sides train the same number of batches (`--mfdr-batches`) from the same initial weights;
 4. peak RSS (ru_maxrss) of one fold in a subprocess (`mer.fuse.run.train_one_fold`, MFDR at paper
    size, one epoch of at most `--mfdr-batches` training batches, then dev and test evaluated in
-   full) with the 2.5 GB cache and with the 10 GB one (within 10 %).
+   full) with the 2.5 GB cache and with the 10 GB one (within 10 %);
+and, to explain the numbers: one shard read with the cache's fletcher32 checksums vs the same chunks
+unchecked, and a DataLoader worker's hand-off per batch (`--parts handoff`, the basis of
+`--loader-workers auto`).
 """
 
 from __future__ import annotations
