@@ -167,8 +167,8 @@ def _summary_dict(summary) -> dict:
                          for f in summary.features]}
 
 
-def _workers(value: str) -> Optional[int]:
-    """--loader-workers: a count >= 0, or auto (None)."""
+def _workers(ctx, param, value: str) -> Optional[int]:
+    """--loader-workers (a click callback): a count >= 0, or auto (None)."""
     if value == "auto":
         return None
     if not value.isdigit():
@@ -211,7 +211,7 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
               help="auto: CUDA when present (decided on each worker with --scheduler).")
 @click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the cross-entropy.")
-@click.option("--loader-workers", default="auto", show_default=True, callback=lambda ctx, param, value: _workers(value),
+@click.option("--loader-workers", default="auto", show_default=True, callback=_workers,
               help="DataLoader worker processes per fold; auto: 1 when a fold streams its inputs from the cache "
                    "(too large to preload) in batches of 4 MiB or more, else 0.")
 def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, protocol_options, folds, workers,

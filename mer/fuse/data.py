@@ -308,7 +308,7 @@ def _read_cut(store: FeatureStore, ids: Sequence[str], cut: Mapping[str, int]) -
     for shard_ids, arrays in store.read_rows(ids):
         rows.update(zip(shard_ids, arrays))
     if len(store.spec.row_shape) > 1:
-        rows = {i: a.reshape(len(a), -1) for i, a in rows.items()}
+        rows = {i: _flat(a) for i, a in rows.items()}
     return {i: a if len(a) == cut[i] else a[:cut[i]].copy() for i, a in rows.items()}
 
 

@@ -610,8 +610,10 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
         return batches
 
     train_targets = [data.label_of[i] for i in data.ids["train"]] if data.labels else None
-    result = train_fold(model, config, job.trainer, job.fold, batches_of(train_loader), lambda: loader("dev", False),
-                        lambda: loader("test", False), list(data.labels) if data.labels else None,
+    # built once: a loader worker would otherwise be forked again for every evaluation
+    dev_loader, test_loader = loader("dev", False), loader("test", False)
+    result = train_fold(model, config, job.trainer, job.fold, batches_of(train_loader), lambda: dev_loader,
+                        lambda: test_loader, list(data.labels) if data.labels else None,
                         train_targets, log, refit_batches=batches_of(refit_loader) if refit_loader else None,
                         train_size=len(data.ids["train"]), refit_size=len(data.ids["train"]) + len(data.ids["dev"]),
                         dimensions=data.dimensions, target_scale=data.target_scale)
