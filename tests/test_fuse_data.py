@@ -393,8 +393,17 @@ def test_collate_without_stats_is_plain_padding():
     assert batch["audio"].sum().item() == 18 and batch["label"].tolist() == [1, 0]
 
 
+@pytest.fixture(params=[1, 2], ids=["one-call", "pieces"])
+def torch_threads(request):
+    """write_float32 converts in one call with one torch thread, in pieces of TORCH_GRAIN values with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("shape", [(0, 4), (3, 5), (TORCH_GRAIN // 7 + 3, 7 * 3)])  # empty, one piece, several
-def test_as_float32_equals_numpys_conversion(shape):
+def test_as_float32_equals_numpys_conversion(shape, torch_threads):
     values = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
     converted = as_float32(values[:, 1:])  # a non-contiguous view
     assert converted.dtype == np.float32 and converted.flags.c_contiguous
@@ -406,7 +415,7 @@ def test_as_float32_equals_numpys_conversion(shape):
 
 
 @pytest.mark.parametrize("rows", [(1, 5, 0, 3), (TORCH_GRAIN // 4 + 9, 5, TORCH_GRAIN // 4)])  # words; frame-sized
-def test_collate_normalises_real_rows_only(rows):
+def test_collate_normalises_real_rows_only(rows, torch_threads):
     """Both paths of the one-pass conversion + normalisation equal (x - mean) / std in float64, padding stays 0."""
     from mer.fuse.data import RoleStats
     rng = np.random.default_rng(1)

@@ -167,6 +167,18 @@ def test_each_loader_worker_owns_disjoint_shards(cache):
         assert sorted(every) == sorted(data.ids["train"])
 
 
+def test_a_loader_without_workers_gives_what_one_worker_gives(cache):
+    """Without workers the loader collates the stream's batches itself (no DataLoader iterator): the same
+    batches, epoch by epoch, as DataLoader's own path through one worker."""
+    data = make_data(cache)
+    here, worker = (data.loader("train", 4, seed=2, num_workers=n) for n in (0, 1))
+    for _ in range(2):
+        for ours, theirs in zip(list(here), list(worker), strict=True):
+            assert ours["ids"] == theirs["ids"]
+            for key in ("audio", "audio_mask", "text", "text_mask", "label"):
+                assert torch.equal(ours[key], theirs[key])
+
+
 # ----------------------------------------------------------------------------- reading
 
 @pytest.fixture
