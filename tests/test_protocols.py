@@ -501,3 +501,9 @@ def test_options_come_as_text_from_the_command_line():
     a = make_folds("iemocap-loso", utts, seed="4", dev_fraction="0.2")
     b = make_folds("iemocap-loso", utts, seed=4, dev_fraction=0.2)
     assert as_sets(a) == as_sets(b) and a.seed == 4
+
+
+def test_a_fold_refuses_an_utterance_listed_twice_in_a_split():
+    Fold("ok", ("a", "b"), ("c",), ("d",))
+    with pytest.raises(MerError, match="fold f1: its dev split lists c twice"):
+        Fold("f1", ("a", "b"), ("c", "c"), ("d",))

@@ -102,6 +102,14 @@ class Fold:
     dev_ids: tuple[str, ...]
     test_ids: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        for part in PARTS:
+            ids = self.part(part)
+            if len(set(ids)) != len(ids):
+                twice = next(i for i, n in Counter(ids).items() if n > 1)
+                raise MerError(f"fold {self.name}: its {part} split lists {twice} twice; "
+                               "a split must hold each utterance once")
+
     def part(self, name: str) -> tuple[str, ...]:
         """The ids of "train", "dev" or "test"."""
         if name not in PARTS:
