@@ -294,14 +294,16 @@ def _fuse_log(line: str) -> None:
 @click.option("--asr", metavar="MODEL", help="Transcribe --audio with this Whisper (whisper-large-v3, "
               "hf-whisper:PATH_OR_ID) instead of giving --text.")
 @click.option("--no-text", is_flag=True, help="Predict from an empty transcript although the model reads text.")
+@click.option("--context", multiple=True, metavar="TEXT", help="A previous turn of the dialogue, for text "
+              "features that read context (context_turns); repeat, oldest first.")
 @click.option("--fold", help="Use one fold's checkpoint (default: average over all complete folds).")
 @click.option("--json", "as_json", is_flag=True)
-def predict(run_dir, audio, text, asr, no_text, fold, as_json) -> None:
+def predict(run_dir, audio, text, asr, no_text, context, fold, as_json) -> None:
     """Class probabilities for new audio + text, with the run's own feature extractors."""
     from mer.predict import predict as run_predict
 
     result = run_predict(run_dir, audio, text, fold, no_text=no_text, warn=lambda line: click.echo(line, err=True),
-                         asr=asr)
+                         asr=asr, context=context)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -97,10 +97,11 @@ def _frames_are_local(extractor: Extractor) -> bool:
 
 
 def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str],
-                   fold: Optional[str] = None) -> dict[str, np.ndarray]:
+                   fold: Optional[str] = None, context: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """role -> (rows, dim) float32, each role's features joined on the last axis as in training; a text
-    feature reads the transcript of its text source (`texts`: source -> text). `fold`: that fold's own
-    features where they differ per fold (a finetuned: feature)."""
+    feature reads the transcript of its text source (`texts`: source -> text), and one that reads previous
+    turns (`context_turns`) the last of `context` (the dialogue's earlier turns, oldest first). `fold`: that
+    fold's own features where they differ per fold (a finetuned: feature)."""
     extractors = {role: [rebuild_extractor(FeatureSpec.from_dict(d)) for d in specs]
                   for role, specs in fold_specs(run, fold).items()}
     wave = None
@@ -114,7 +115,7 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[st
         for extractor in role_extractors:
             extractor.load("cpu")
             text = texts.get(getattr(extractor, "text_source", None) or REFERENCE, "")
-            utterance = Utterance(id="predict/0", corpus="predict", text=text, extra={"context": []})
+            utterance = Utterance(id="predict/0", corpus="predict", text=text, extra={"context": list(context)})
             array = np.asarray(extractor.extract([ExtractItem(utterance, wave if role == "audio" else None)])[0],
                                dtype=np.float32)
             parts.append(array.reshape(1, -1) if extractor.spec.granularity == "utterance"
@@ -130,9 +131,11 @@ def fold_specs(run: dict, fold: Optional[str]) -> dict:
 
 
 def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional[str] = None, no_text: bool = False,
-            warn: Callable[[str], None] = print, asr: Optional[str] = None) -> dict[str, float]:
+            warn: Callable[[str], None] = print, asr: Optional[str] = None,
+            context: Sequence[str] = ()) -> dict[str, float]:
     """`asr` (whisper-base, hf-whisper:PATH): transcribe the audio with it instead of the text the run
-    was trained on; without `text` and `asr`, a run trained on ASR text transcribes with its own ASR."""
+    was trained on; without `text` and `asr`, a run trained on ASR text transcribes with its own ASR.
+    `context`: the dialogue's previous turns (oldest first), for text features that read them."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     config = MODELS.get(run["model"]).config_class(**run["model_config"])
@@ -141,12 +144,13 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     if fold and fold not in records:
         raise MerError(f"--fold {fold}: not a complete fold of {run_dir}; complete folds: {', '.join(records)}")
     texts = transcripts_for(run, audio_path, text, no_text, asr, warn)
+    check_context(run, context, warn)
     inputs_by_specs: dict[str, dict] = {}  # extracted once per distinct set of feature specs, not per fold
 
     def inputs_of(name: str) -> dict:
         key = json.dumps(fold_specs(run, name), sort_keys=True)
         if key not in inputs_by_specs:
-            inputs_by_specs[key] = extract_inputs(run, config, audio_path, texts, name)
+            inputs_by_specs[key] = extract_inputs(run, config, audio_path, texts, name, context)
         return inputs_by_specs[key]
     outputs = [_predict_fold(run_dir, name, run, config, inputs_of(name)) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
@@ -155,6 +159,19 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     if labels is None:
         return {"prediction": float(mean)}
     return {label: float(p) for label, p in zip(labels, mean)}
+
+
+def check_context(run: dict, context: Sequence[str], warn: Callable[[str], None]) -> None:
+    """Warn when the run's text features read previous turns and none are given, or the reverse."""
+    turns = {spec["name"]: spec["config"].get("context_turns", 0) for spec in run["feature_specs"].get("text", [])}
+    reading = {name: n for name, n in turns.items() if n}
+    if reading and not context:
+        described = ", ".join(f"{name}: {n} previous turn{'s' if n > 1 else ''}" for name, n in reading.items())
+        warn(f"warning: this run's text features read the dialogue's previous turns ({described}); without "
+             "--context they see the utterance alone, unlike in training: pass each previous turn with "
+             "--context \"TEXT\" (repeated, oldest first)")
+    if context and not reading:
+        warn("warning: --context is ignored: none of this run's text features reads previous turns")
 
 
 def transcripts_for(run: dict, audio_path: Optional[Path], text: str, no_text: bool, asr: Optional[str],

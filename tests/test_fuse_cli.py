@@ -134,3 +134,33 @@ def test_make_demo_trains_afresh_into_its_run_folders_after_a_settings_change(de
     again = demo_pipeline.train("audio-only", demo_cache, tmp_path, 0, corpus="demo-n40-s0")
     assert (again["accuracy"], again["epochs"]) == (first["accuracy"], first["epochs"])
     assert json.loads(config_path.read_text())["model_config"]["max_epochs"] == config["model_config"]["max_epochs"] - 7
+
+
+def test_predict_gives_context_reading_text_features_the_previous_turns(demo_root, tmp_path):
+    """A run on text features that read the previous turn reproduces its predictions only with --context;
+    without it, a warning says what is missing."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    extracted = CliRunner().invoke(cli, ["extract", "--dataset", "demo", "--set", "corpus.size=40", "--root",
+                                         str(demo_root), "--features", "minilm-l6", "--set",
+                                         "minilm-l6.context_turns=1", "--cache", str(cache), "--no-progress"])
+    assert extracted.exit_code == 0, extracted.output
+    assert fuse(cache, run, "text-only").exit_code == 0
+    utterances = {u["id"]: u for u in map(json.loads, open(cache / "demo-n40-s0" / "utterances.jsonl"))}
+    previous = {(u["dialogue"], u["turn"] + 1): u["text"] for u in utterances.values()}
+    row = next(r for r in csv.DictReader(open(run / "predictions.csv"))
+               if r["split"] == "test" and (utterances[r["id"]]["dialogue"], utterances[r["id"]]["turn"]) in previous)
+    utt = utterances[row["id"]]
+    expected = {k[2:]: float(v) for k, v in row.items() if k.startswith("p_")}
+
+    def predicted(*context):
+        result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--text", utt["text"], "--json",
+                                          *[a for turn in context for a in ("--context", turn)]])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout), result.stderr
+
+    with_context, quiet = predicted("an earlier turn", previous[utt["dialogue"], utt["turn"]])  # the last one counts
+    np.testing.assert_allclose([with_context[k] for k in expected], list(expected.values()), atol=0.02)
+    assert "warning" not in quiet
+    alone, warning = predicted()
+    assert "read the dialogue's previous turns (minilm-l6: 1 previous turn)" in warning and "--context" in warning
+    assert max(abs(alone[k] - with_context[k]) for k in expected) > 1e-4
