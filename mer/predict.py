@@ -168,8 +168,8 @@ def check_context(run: dict, context: Sequence[str], warn: Callable[[str], None]
     if reading and not context:
         described = ", ".join(f"{name}: {n} previous turn{'s' if n > 1 else ''}" for name, n in reading.items())
         warn(f"warning: this run's text features read the dialogue's previous turns ({described}); without "
-             "--context they see the utterance alone, unlike in training: pass each previous turn with "
-             "--context \"TEXT\" (repeated, oldest first)")
+             "--context they see the utterance alone, as training saw only a dialogue's first turn: unless this is "
+             "one, pass each previous turn with --context \"TEXT\" (repeated, oldest first)")
     if context and not reading:
         warn("warning: --context is ignored: none of this run's text features reads previous turns")
 
