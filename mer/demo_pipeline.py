@@ -5,7 +5,8 @@
 Stage 1 extracts the demo's default features (MFCC, log-Mel + deltas, eGeMAPS, MiniLM words)
 once into the cache (a second run finds them cached); stage 2 trains and tests every model
 and baseline on the demo protocol (sessions 1-3 train, 4 dev, 5 test) with the models' demo
-settings, and prints one table. With several seeds every model trains once per seed
+settings, and prints one table, each model beside the `linear` probe: the difference in points and
+McNemar's exact p over the same test utterances. With several seeds every model trains once per seed
 (runs/demo/seed<k>/<model>) and the table gives the mean test accuracy +/- its std over the
 seeds: one demo test split is 80 utterances and a seed moves a single result by several points."""
 
@@ -48,7 +49,7 @@ def train(model: str, cache: Path, runs: Path, seed: int, corpus: str = "demo") 
                                           trainer=TrainerConfig(seed=seed)),
                                log=lambda line: print(line, file=log_file, flush=True))
     history = json.loads((out / "history.json").read_text())
-    return result_row(model, document, history, time.time() - started)
+    return {**result_row(model, document, history, time.time() - started), "run": str(out)}
 
 
 def result_row(model: str, document: dict, history: dict, seconds: float) -> dict:
@@ -64,22 +65,47 @@ def mean_row(rows: list[dict]) -> dict:
     """One model's rows over seeds -> one row: the metrics' means, the accuracy's std, the summed time."""
     mean = {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "ua", "weighted_f1")}
     return {**rows[0], **mean, "accuracy_std": float(np.std([r["accuracy"] for r in rows])), "seeds": len(rows),
-            "seconds": sum(r["seconds"] for r in rows)}
+            "seconds": sum(r["seconds"] for r in rows), "runs": [r.get("run") for r in rows]}
+
+
+def add_paired_tests(rows: list[dict]) -> None:
+    """Each row's McNemar p against the `linear` row, seed by seed (`p_vs_linear`): the runs test the same
+    utterances, and on the demo's 80 a difference of a few points is often within chance."""
+    from mer.fuse.compare import load_run, paired
+
+    probe = next((r for r in rows if r["model"] == "linear"), None)
+    if probe is None:
+        return
+    for row in rows:
+        if row is not probe and len(row["runs"]) == len(probe["runs"]):
+            pairs = zip(probe["runs"], row["runs"])
+            row["p_vs_linear"] = [paired(load_run(Path(a), "linear"), load_run(Path(b), row["model"]),
+                                         "accuracy")["tests"][0]["p"] for a, b in pairs]
 
 
 def format_table(rows: list[dict]) -> str:
-    """One row per model; with a `linear` row, each model's test accuracy minus the probe's (points). Rows of
-    several seeds (mean_row) show the mean +/- std, and the epochs and aux losses of the first seed."""
+    """One row per model; with a `linear` row, each model's test accuracy minus the probe's (points) and the
+    paired test's p (add_paired_tests; over seeds, its range). Rows of several seeds (mean_row) show the
+    mean +/- std, and the epochs and aux losses of the first seed."""
     probe = next((r["accuracy"] for r in rows if r["model"] == "linear"), None)
-    lines = ["| model | audio | text | test acc | vs linear | UA | W-F1 | epochs | time (s) | "
-             "aux losses, first -> last epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | audio | text | test acc | vs linear | McNemar p | UA | W-F1 | epochs | time (s) | "
+             "aux losses, first -> last epoch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         aux = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in r["aux"].items())
         versus = "" if probe is None or r["model"] == "linear" else f"{100 * (r['accuracy'] - probe):+.1f}"
         lines.append(f"| {r['model']} | {r['features']['audio'] or '-'} | {r['features']['text'] or '-'} | "
-                     f"{_accuracy(r)} | {versus} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
+                     f"{_accuracy(r)} | {versus} | {_p_values(r)} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
                      f"{r['seconds']:.0f} | {aux} |")
     return "\n".join(lines)
+
+
+def _p_values(row: dict) -> str:
+    """One seed's p, or the range over seeds ("" without a paired test)."""
+    values = [p for p in row.get("p_vs_linear", []) if p is not None]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    return f"{low:.2f}" if len(values) == 1 else f"{low:.2f} to {high:.2f}"
 
 
 def _accuracy(row: dict) -> str:
@@ -108,6 +134,7 @@ def main(argv=None) -> None:
         rows.append(mean_row([train(model, args.cache, run_root, seed) for run_root, seed in zip(runs, seeds)]))
         r = rows[-1]
         print(f"  {model}: test accuracy {_accuracy(r)}, {r['seconds']:.0f} s", flush=True)
+    add_paired_tests(rows)
     table = format_table(rows)
     print()
     print(table)
