@@ -5,7 +5,8 @@
 
 Two synthetic caches are written with mer's own cache writer (FeatureWriter: claims, shards of
 128 utterances, checksummed HDF5) into a temporary folder that is deleted at the end, and each
-utterance's array once more as its own `.npy` file (the MERTools / EmoBox layout):
+utterance's array once more as its own `.npy` file, twice: in the cache's float16 (the same bytes)
+and in float32, the layout MERTools and EmoBox write (`np.save` of their encoders' float32 output):
 - WavLM-base frames of IEMOCAP: 5,531 utterances of 1 to 20 s at 50 frames/s, 768-d float16
   (about 2.5 GB, above mer.fuse.run.PRELOAD_BYTES), with word-level 768-d text (bert-base) for MFDR;
   and the same with 4x the utterances (about 10 GB), for the memory of a fold only;
@@ -18,8 +19,9 @@ posix_fadvise(DONTNEED) first). The machine's load average is printed before and
 and a pair is measured again when the load after it exceeded the number of cores:
 1. one training epoch read through `FusionData(...).loader("train")` (not preloaded: pools of
    whole shards, batches collated and normalised) vs one `np.load` per utterance in a shuffled
-   order (target >= 5x);
-2. random access, every id once in a shuffled order: `FeatureStore.get` vs `np.load` (>= 1x);
+   order, of the float16 and of the float32 files (target >= 5x);
+2. random access, every id once in a shuffled order: `FeatureStore.get` vs `np.load`, float16 and
+   float32 files (>= 1x);
 3. MFDR at paper size (T = 255, L = 50, D = 256) on the CPU: training batches from the cache
    loader vs the same batches already collated in memory (>= 0.9: the input pipeline is hidden);
    both sides train the same number of batches (`--mfdr-batches`) from the same initial weights;
@@ -92,7 +94,8 @@ class Corpus:
     root: Path
     name: str
     ids: list[str]
-    npy: dict[str, dict[str, Path]]  # feature -> id -> its .npy file (None where not written)
+    npy: dict[str, dict[str, Path]]  # feature -> id -> its float16 .npy file (the cache's bytes)
+    npy32: dict[str, dict[str, Path]]  # feature -> id -> its float32 .npy file (the peers' layout)
     nbytes: dict[str, int]  # feature -> bytes of its shards
 
 
@@ -122,15 +125,16 @@ def build_corpus(root: Path, name: str, features: dict[FeatureShape, np.ndarray]
     rng = np.random.default_rng(seed)
     merge_corpus_manifest(root, name, [Utterance(id=i, corpus=name, label=LABELS[k % len(LABELS)])
                                        for k, i in enumerate(ids)])
-    corpus = Corpus(root, name, ids, {}, {})
+    corpus = Corpus(root, name, ids, {}, {}, {})
     for shape, rows in features.items():
         npy_dir = root / "npy" / name / shape.name if shape.name in npy_for else None
-        corpus.nbytes[shape.name], corpus.npy[shape.name] = write_feature(root, name, shape, ids, rows, rng, npy_dir)
+        corpus.nbytes[shape.name], corpus.npy[shape.name], corpus.npy32[shape.name] = \
+            write_feature(root, name, shape, ids, rows, rng, npy_dir)
     return corpus
 
 
 def write_feature(root: Path, corpus: str, shape: FeatureShape, ids: list[str], rows: np.ndarray,
-                  rng: np.random.Generator, npy_dir: Optional[Path]) -> tuple[int, dict]:
+                  rng: np.random.Generator, npy_dir: Optional[Path]) -> tuple[int, dict, dict]:
     from mer.cache.spec import FeatureSpec
     from mer.cache.writer import FeatureWriter
 
@@ -138,9 +142,10 @@ def write_feature(root: Path, corpus: str, shape: FeatureShape, ids: list[str], 
                        FRAME_RATE if shape.granularity == "frame" else None, "float16", config={"synthetic": True})
     noise = rng.standard_normal((NOISE_ROWS, shape.dim), np.float32).astype(np.float16)
     writer = FeatureWriter(root, corpus, spec)
-    paths = {}
-    if npy_dir is not None:
-        npy_dir.mkdir(parents=True)
+    paths: dict[str, dict[str, Path]] = {"float16": {}, "float32": {}}
+    npy_dirs = {dtype: npy_dir.with_name(f"{npy_dir.name}-{dtype}") for dtype in paths} if npy_dir else {}
+    for directory in npy_dirs.values():
+        directory.mkdir(parents=True)
     for start in range(0, len(ids), SHARD_SIZE):
         claim = writer.claim(ids[start:start + SHARD_SIZE])
         arrays = {}
@@ -148,11 +153,11 @@ def write_feature(root: Path, corpus: str, shape: FeatureShape, ids: list[str], 
             offset = int(rng.integers(0, NOISE_ROWS - n))
             arrays[utt_id] = noise[offset:offset + n]
         writer.commit(claim, writer.write_temp(claim, arrays), {})
-        for utt_id, array in arrays.items() if npy_dir is not None else ():
-            paths[utt_id] = npy_dir / f"{utt_id.split('/')[1]}.npy"
-            np.save(paths[utt_id], array)
+        for (dtype, directory), (utt_id, array) in itertools.product(npy_dirs.items(), arrays.items()):
+            paths[dtype][utt_id] = directory / f"{utt_id.split('/')[1]}.npy"
+            np.save(paths[dtype][utt_id], array.astype(dtype))
     directory = next((root / corpus).glob(f"{shape.name}@*"))
-    return sum(p.stat().st_size for p in directory.glob("shard-*.h5")), paths
+    return sum(p.stat().st_size for p in directory.glob("shard-*.h5")), paths["float16"], paths["float32"]
 
 
 def build_all(tmp: Path, scale: Scale) -> dict[str, Corpus]:
@@ -409,6 +414,7 @@ def _timing(t: Timing) -> str:
 
 
 PARTS = ("epoch", "random", "handoff", "mfdr", "rss")
+NPY_WHY = {"float16": " (the cache's dtype: the same bytes)", "float32": " (what MERTools and EmoBox write)"}
 READ_CASES = (("IEMOCAP-like WavLM frames", "iemocap", WAVLM.name, "audio"),
               ("MELD-like minilm-l6 words", "meld", MINILM_WORDS.name, "text"))
 
@@ -421,9 +427,11 @@ def read_rows(corpora: dict[str, Corpus], scale: Scale, parts: set[str]) -> list
             rows += epoch_rows(key, corpus, feature, role, scale)
         if "random" in parts:
             everyone = list(corpus.ids)
-            pair = compare(f"random access, {key}: get vs .npy", get_pass(corpus, feature, everyone),
-                           npy_get_pass(corpus.npy[feature], everyone), scale.repeats)
-            rows.append(speed_row(f"random access by id, {key} ({len(everyone)} ids, warm)", pair, 1))
+            for dtype, paths in (("float16", corpus.npy[feature]), ("float32", corpus.npy32[feature])):
+                pair = compare(f"random access, {key}: get vs {dtype} .npy", get_pass(corpus, feature, everyone),
+                               npy_get_pass(paths, everyone), scale.repeats)
+                rows.append(speed_row(f"random access by id, {key} ({len(everyone)} ids, warm), vs {dtype} "
+                                      f"`.npy`{NPY_WHY[dtype]}", pair, 1))
     if "random" in parts:
         rows.append(checksum_row(corpora["iemocap"], WAVLM.name, scale))
     return rows
@@ -459,17 +467,21 @@ def checksum_row(corpus: Corpus, feature: str, scale: Scale) -> Row:
 def epoch_rows(key: str, corpus: Corpus, feature: str, role: str, scale: Scale) -> list[Row]:
     data = fusion_data(corpus, feature if role == "audio" else None, feature if role == "text" else None)
     train = list(data.ids["train"])
-    ours, peer = loader_epoch(data, batch_size=32), npy_epoch(corpus.npy[feature], train)
-    pair = compare(f"epoch read, {key}: loader vs .npy", ours, peer, scale.repeats)
-    rows = [speed_row(f"epoch read, {key} ({len(train)} utts, warm)", pair, 5)]
+    ours, rows = loader_epoch(data, batch_size=32), []
+    for dtype, paths in (("float16", corpus.npy[feature]), ("float32", corpus.npy32[feature])):
+        pair = compare(f"epoch read, {key}: loader vs {dtype} .npy", ours, npy_epoch(paths, train), scale.repeats)
+        rows.append(speed_row(f"epoch read, {key} ({len(train)} utts, warm), vs {dtype} `.npy`{NPY_WHY[dtype]}",
+                              pair, 5))
     peer_batches = npy_epoch(corpus.npy[feature], train, collate=data.collate)
     pair = compare(f"epoch read, {key}: loader vs .npy + the same collate", ours, peer_batches, scale.repeats)
-    rows.append(speed_row(f"the same, the reference also making the batches (np.load + FusionCollate, "
+    rows.append(speed_row(f"the same, the reference also making the batches (float16 np.load + FusionCollate, "
                           f"random batches of 32)", pair, None))
     if scale.cold:
         files = lambda: [*corpus.root.glob(f"{corpus.name}/{feature}@*/shard-*.h5"),  # noqa: E731
                          *corpus.npy[feature].values()]
-        rows.append(speed_row(f"epoch read, {key} (cold: files evicted)", cold(ours, peer, files), None))
+        peer = npy_epoch(corpus.npy[feature], train)
+        rows.append(speed_row(f"epoch read, {key} (cold: files evicted), vs float16 `.npy`",
+                              cold(ours, peer, files), None))
     return rows
 
 

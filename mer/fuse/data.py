@@ -398,11 +398,17 @@ def write_float32(out: np.ndarray, rows: np.ndarray, affine: Optional[tuple[torc
     `torch.set_num_threads(1)`) nothing is handed off: one call, half the time of a word-level batch's pieces."""
     source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(out)
     piece = len(rows) if torch.get_num_threads() == 1 else TORCH_GRAIN // max(1, math.prod(rows.shape[1:]))
+    if piece >= len(rows):  # one call: split() would only add two tuples of views
+        return _convert(target, source, affine)
     for source_part, target_part in zip(source.split(max(1, piece)), target.split(max(1, piece))):
-        if affine is None:
-            target_part.copy_(source_part)
-        else:
-            torch.addcmul(affine[1], source_part, affine[0], out=target_part)
+        _convert(target_part, source_part, affine)
+
+
+def _convert(target: torch.Tensor, source: torch.Tensor, affine: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    if affine is None:
+        target.copy_(source)
+    else:
+        torch.addcmul(affine[1], source, affine[0], out=target)
 
 
 def as_float32(array: np.ndarray) -> np.ndarray:
