@@ -94,8 +94,8 @@ def format_table(rows: list[dict]) -> str:
         aux = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in r["aux"].items())
         versus = "" if probe is None or r["model"] == "linear" else f"{100 * (r['accuracy'] - probe):+.1f}"
         lines.append(f"| {r['model']} | {r['features']['audio'] or '-'} | {r['features']['text'] or '-'} | "
-                     f"{_accuracy(r)} | {versus} | {_p_values(r)} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | {r['epochs']} | "
-                     f"{r['seconds']:.0f} | {aux} |")
+                     f"{_accuracy(r)} | {versus} | {_p_values(r)} | {r['ua']:.3f} | {r['weighted_f1']:.3f} | "
+                     f"{r['epochs']} | {r['seconds']:.0f} | {aux} |")
     return "\n".join(lines)
 
 
