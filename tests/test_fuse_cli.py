@@ -136,18 +136,25 @@ def test_make_demo_trains_afresh_into_its_run_folders_after_a_settings_change(de
     assert json.loads(config_path.read_text())["model_config"]["max_epochs"] == config["model_config"]["max_epochs"] - 7
 
 
-def test_make_demo_table_gives_each_models_paired_test_against_the_probe(demo_cache, tmp_path):
-    """The demo table's McNemar p is `mer compare`'s for the same two runs (the same test utterances)."""
-    from mer import demo_pipeline
+def test_make_demo_table_sets_each_model_against_the_probe_on_its_own_features(demo_cache, tmp_path):
+    """audio-only (MFCC) is set against a probe on the MFCC alone, not against the default probe on MFCC + text;
+    its McNemar p is `mer compare`'s for the same two runs (the same test utterances)."""
+    from mer import demo_pipeline as demo
     from mer.fuse.compare import compare_runs
 
-    rows = [demo_pipeline.mean_row([demo_pipeline.train(model, demo_cache, tmp_path, 0, corpus="demo-n40-s0")])
+    rows = [demo.mean_row([demo.train(model, demo_cache, tmp_path, 0, corpus="demo-n40-s0")])
             for model in ("linear", "audio-only")]
-    demo_pipeline.add_paired_tests(rows)
-    comparison = compare_runs([tmp_path / "linear", tmp_path / "audio-only"], "accuracy", out=tmp_path / "cmp")
+    assert demo.missing_probes(rows) == [{"audio": "mfcc40", "text": None}]
+    probe = demo.mean_row([demo.train("linear", demo_cache, tmp_path, 0, corpus="demo-n40-s0",
+                                      settings=demo.probe_settings(rows[1]["features"]), name="linear-mfcc40")])
+    assert probe["features"] == rows[1]["features"] and demo.missing_probes(rows + [probe]) == []
+    rows = [rows[0], probe, rows[1]]
+    demo.add_paired_tests(rows)
+    comparison = compare_runs([tmp_path / "linear-mfcc40", tmp_path / "audio-only"], "accuracy", out=tmp_path / "cmp")
     p = comparison["comparisons"][0]["tests"][0]["p"]
-    assert "p_vs_linear" not in rows[0] and rows[1]["p_vs_linear"] == [p]
-    assert f"| {p:.2f} |" in demo_pipeline.format_table(rows).splitlines()[3]
+    assert "p_vs_linear" not in rows[0] and "p_vs_linear" not in rows[1] and rows[2]["p_vs_linear"] == [p]
+    versus = f"{100 * (rows[2]['accuracy'] - probe['accuracy']):+.1f}"
+    assert f"| {versus} | {p:.2f} |" in demo.format_table(rows).splitlines()[4]
 
 
 def test_predict_gives_context_reading_text_features_the_previous_turns(demo_root, tmp_path):

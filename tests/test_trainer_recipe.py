@@ -96,6 +96,21 @@ def test_demo_table_shows_each_model_against_the_linear_row():
     assert "| +12.0 |" in lines[3] and "| -4.5 |" in lines[4]
 
 
+def test_demo_table_sets_each_model_against_the_probe_on_the_same_features():
+    from mer.demo_pipeline import format_table, missing_probes
+
+    def row(model, accuracy, audio="mfcc40"):
+        return {"model": model, "features": {"audio": audio, "text": "minilm-l6"}, "seconds": 1.0, "epochs": 3,
+                "accuracy": accuracy, "ua": accuracy, "weighted_f1": accuracy, "aux": {}}
+
+    rows = [row("linear", 0.5), row("linear", 0.8, "opensmile-egemaps"), row("mcsan", 0.6),
+            row("cm-roberta", 0.7, "opensmile-egemaps"), row("mcfn", 0.9, "logmfb80-d2")]
+    lines = format_table(rows).splitlines()
+    assert "| +10.0 |" in lines[4] and "| -10.0 |" in lines[5]
+    assert "| mcfn | logmfb80-d2 | minilm-l6 | 0.900 |  |" in lines[6]  # no probe on its features: no difference
+    assert missing_probes(rows) == [{"audio": "logmfb80-d2", "text": "minilm-l6"}]
+
+
 def toy_batches(seed: int, n: int = 24, dim: int = 6) -> list[dict]:
     import numpy as np
     import torch
