@@ -130,12 +130,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _p_values(row: dict) -> str:
-    """One seed's p, or the range over seeds ("" without a paired test)."""
+    """The p over the seeds: one value, or its range ("" without a paired test)."""
     values = [p for p in row.get("p_vs_linear", []) if p is not None]
     if not values:
         return ""
-    low, high = min(values), max(values)
-    return f"{low:.2f}" if len(values) == 1 else f"{low:.2f} to {high:.2f}"
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low} to {high}"
 
 
 def _accuracy(row: dict) -> str:
