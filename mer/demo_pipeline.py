@@ -107,8 +107,8 @@ def add_paired_tests(rows: list[dict]) -> None:
 
     for row in rows:
         probe = probe_of(row, rows)
-        if probe is not None and len(row["runs"]) == len(probe["runs"]):
-            pairs = zip(probe["runs"], row["runs"])
+        if probe is not None:  # the same seeds on both sides: a mismatch is a bug, not a row to skip
+            pairs = zip(probe["runs"], row["runs"], strict=True)
             row["p_vs_linear"] = [paired(load_run(Path(a), "linear"), load_run(Path(b), row["model"]),
                                          "accuracy")["tests"][0]["p"] for a, b in pairs]
 

@@ -397,10 +397,10 @@ def write_float32(out: np.ndarray, rows: np.ndarray, affine: Optional[tuple[torc
     hand-off took 12 ms for a batch the thread converts in 20 us. With one torch thread (a loader worker's, or
     `torch.set_num_threads(1)`) nothing is handed off: one call, half the time of a word-level batch's pieces."""
     source, target = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(out)
-    piece = len(rows) if torch.get_num_threads() == 1 else TORCH_GRAIN // max(1, math.prod(rows.shape[1:]))
+    piece = len(rows) if torch.get_num_threads() == 1 else max(1, TORCH_GRAIN // max(1, math.prod(rows.shape[1:])))
     if piece >= len(rows):  # one call: split() would only add two tuples of views
         return _convert(target, source, affine)
-    for source_part, target_part in zip(source.split(max(1, piece)), target.split(max(1, piece))):
+    for source_part, target_part in zip(source.split(piece), target.split(piece)):
         _convert(target_part, source_part, affine)
 
 
