@@ -195,6 +195,18 @@ def test_loso_maps_other_label_sets_through_the_category():
     assert "read IEMOCAP with labels=4class" in one_line_error(excinfo)
 
 
+@pytest.mark.parametrize("protocol", ["iemocap-loso", "iemocap-10fold"])
+def test_the_fold_set_says_which_classes_this_data_merged(protocol):
+    utts = iemocap_like()
+    excited = sum(u.extra["category"] == "exc" for u in utts)
+    assert excited and make_folds(protocol, utts).merged == f"excited (exc) -> happy: {excited} utterances"
+    assert make_folds(protocol, iemocap_like(categories=("neu", "hap", "ang", "sad"))).merged == ""
+    # Labels without IEMOCAP's categories (the demo corpus under an IEMOCAP protocol) merge nothing.
+    four = [Utterance(id=u.id, corpus=u.corpus, fold=u.fold, speaker=u.speaker, label=MAP4[u.extra["category"]])
+            for u in utts]
+    assert make_folds(protocol, four).merged == ""
+
+
 def test_loso_on_the_iemocap_fixture(tmp_path):
     corpus = prepare("iemocap", make_iemocap(tmp_path), labels="all")
     with pytest.warns(ProtocolWarning) as record:

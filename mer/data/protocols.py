@@ -79,6 +79,7 @@ MSP_CATEGORIES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": 
 MSP_LABEL_SETS = {"8class": tuple(MSP_CATEGORIES.values()), "4class": ("neutral", "happy", "angry", "sad")}
 EMORYNLP_COUNTS = {"train": 7551, "dev": 954, "test": 984}
 IEMOCAP_MERGED = "excited (exc) -> happy"  # the 4-class set's one merge (IEMOCAP_LABEL_SETS)
+IEMOCAP_MERGED_CATEGORY = "exc"
 DIMENSIONS = ("valence", "activation", "dominance")  # the `extra` names the iemocap, msp-podcast and demo readers use
 DIMENSION_ALIASES = {"arousal": "activation"}
 IEMOCAP_CATEGORIES = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
@@ -133,6 +134,7 @@ class FoldSet:
     notes: list[str] = field(default_factory=list)  # informational lines (choices made, counts)
     warnings: list[str] = field(default_factory=list)
     dimensions: tuple[str, ...] = ()  # the regression targets of dimensional labels; () otherwise
+    merged: str = ""  # the classes merged in THIS data, in words; "" for none
 
     @property
     def task(self) -> str:
@@ -166,7 +168,7 @@ class FoldSet:
         return {"protocol": self.protocol, "description": self.description, "seed": self.seed,
                 "labels": None if self.labels is None else list(self.labels),
                 **({"dimensions": list(self.dimensions)} if self.dimensions else {}),
-                "speaker_independent": self.speaker_independent, "folds": folds,
+                "speaker_independent": self.speaker_independent, "merged": self.merged, "folds": folds,
                 "excluded": dict(self.excluded), "notes": list(self.notes), "warnings": list(self.warnings)}
 
 
@@ -183,6 +185,7 @@ class _Built:
     warnings: list[str] = field(default_factory=list)
     description: Optional[str] = None  # overrides the protocol's when the data decide (manifest)
     dimensions: tuple[str, ...] = ()  # dimensional labels: the targets' names (labels is then None)
+    merged: Optional[str] = None  # the classes the data merged, when it decides; None: the protocol's own
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,8 @@ class Protocol:
             warnings.warn(f"{self.name}: {line}", ProtocolWarning, stacklevel=2)
         return FoldSet(self.name, built.folds, built.labels, built.speaker_independent,
                        built.description or self.description, built.targets, seed,
-                       dict(sorted(built.excluded.items())), built.notes, built.warnings, built.dimensions)
+                       dict(sorted(built.excluded.items())), built.notes, built.warnings, built.dimensions,
+                       self.merged if built.merged is None else built.merged)
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
@@ -264,17 +268,18 @@ WA_UA = "WA = accuracy, UA = ua (mean per-class recall)"
 
 
 def protocol_facts(name: str, speaker_independent: Optional[bool] = None, regression: bool = False,
-                   dimensional: bool = False) -> str:
+                   dimensional: bool = False, merged: Optional[str] = None) -> str:
     """The line a results header prints, so a reader knows what the numbers mean: speaker independence
-    (the run's own when given: a manifest's depends on its data; else as published), the headline
-    metric, which metric is WA and which UA, and the classes the protocol merged."""
+    and the classes merged (each the run's own when given: they depend on its data; else as
+    published), the headline metric, and which metric is WA and which UA."""
     entry = PROTOCOLS.get(name) if name in PROTOCOLS else None
     if speaker_independent is None and entry is not None:
         speaker_independent = entry.speaker_independent
     speakers = {True: "speaker-independent", False: "SPEAKER-DEPENDENT", None: "speaker independence unknown"}
     parts = [f"{name}: {speakers[speaker_independent]}", f"headline {headline_metric(name, regression, dimensional)}"]
     if not regression:
-        merged = entry.merged if entry is not None else ""
+        if merged is None:
+            merged = entry.merged if entry is not None else ""
         parts += [WA_UA, f"classes merged: {merged}" if merged else "no classes merged"]
     return "; ".join(parts)
 
@@ -329,7 +334,7 @@ def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified
     dev = _choice(dev, ("stratified", "next-session"), "dev", name)
     fraction = _fraction(dev_fraction, "dev_fraction", name)
     _sessions(utterances, name)  # sessions and speakers first: the most basic mismatch
-    classes, dims, targets, excluded = _iemocap_labels(utterances, labels, dimensions, name)
+    classes, dims, targets, excluded, merged = _iemocap_labels(utterances, labels, dimensions, name)
     kept = [u for u in utterances if u.id in targets]
     sessions = _sessions(kept, name)
     notes, warns = [], _session_count_warning(sessions, name)
@@ -350,7 +355,7 @@ def _iemocap_loso(utterances: list[Utterance], seed: int, dev: str = "stratified
     notes.append(f"dev: {dev}{share}")
     _require_disjoint_speakers(folds, kept, name)
     return _Built(folds, classes, targets, True, excluded, notes + _dimensional_notes(dims), warns,
-                  _dimensional_description(name, dims), dims)
+                  _dimensional_description(name, dims), dims, merged)
 
 
 @protocol("iemocap-10fold", "IEMOCAP 4-class leave-one-speaker-out: 10 folds, test = one speaker, dev = the "
@@ -361,7 +366,7 @@ def _iemocap_10fold(utterances: list[Utterance], seed: int, labels: str = "4clas
     """`labels`: 4class or dimensional (regression on `dimensions`, every utterance with ratings)."""
     name = "iemocap-10fold"
     _sessions(utterances, name)
-    classes, dims, targets, excluded = _iemocap_labels(utterances, labels, dimensions, name)
+    classes, dims, targets, excluded, merged = _iemocap_labels(utterances, labels, dimensions, name)
     kept = [u for u in utterances if u.id in targets]
     sessions = _sessions(kept, name)
     speakers = _session_speakers(kept, sessions, name)
@@ -374,7 +379,7 @@ def _iemocap_10fold(utterances: list[Utterance], seed: int, labels: str = "4clas
             folds.append(_fold(speaker, kept, targets, _assign(test, dev_ids)))
     _require_disjoint_speakers(folds, kept, name)
     return _Built(folds, classes, targets, True, excluded, _dimensional_notes(dims),
-                  _session_count_warning(sessions, name), _dimensional_description(name, dims), dims)
+                  _session_count_warning(sessions, name), _dimensional_description(name, dims), dims, merged)
 
 
 @protocol("iemocap7-10fold", "IEMOCAP 7-class (MCSAN): 10 folds of 8:1:1 train/dev/test over utterances, "
@@ -683,14 +688,28 @@ def _actor_group(name: str) -> Callable[[Utterance], str]:
 # ----------------------------------------------------------------------------- labels
 
 def _iemocap_labels(utterances: list[Utterance], labels: str, dimensions: str, name: str):
-    """(classes or None, dimensions, targets, excluded) of an IEMOCAP protocol's `labels` option."""
+    """(classes or None, dimensions, targets, excluded, the classes merged in words) of an IEMOCAP
+    protocol's `labels` option."""
     labels = _choice(labels, ("4class", "dimensional"), "labels", name)
     if labels == "4class":
-        return (IEMOCAP4, (), *_iemocap_targets(utterances, "4class", IEMOCAP4, name))
+        targets, excluded = _iemocap_targets(utterances, "4class", IEMOCAP4, name)
+        return IEMOCAP4, (), targets, excluded, _iemocap_merged(utterances, targets)
     dims = _dimension_names(dimensions, name)
     fix = "read the corpus with --dataset iemocap (its EmoEvaluation [V, A, D] ratings); --set corpus.labels=all " \
           "keeps every category"
-    return (None, dims, *_dimensional_targets(utterances, dims, name, fix))
+    return (None, dims, *_dimensional_targets(utterances, dims, name, fix), "")
+
+
+def _iemocap_merged(utterances: list[Utterance], targets: dict[str, str]) -> str:
+    """"excited (exc) -> happy: N utterances" when the data has excited utterances, else "": a corpus
+    without IEMOCAP's categories (the demo under an IEMOCAP protocol) merges nothing."""
+    merged = sum(1 for u in utterances if u.id in targets and _iemocap_category(u) == IEMOCAP_MERGED_CATEGORY)
+    return f"{IEMOCAP_MERGED}: {merged} utterances" if merged else ""
+
+
+def _iemocap_category(utt: Utterance) -> Optional[str]:
+    category = utt.extra.get("category") if isinstance(utt.extra, dict) else None
+    return category if category is not None else utt.label
 
 
 def _dimension_names(value, name: str) -> tuple[str, ...]:

@@ -103,7 +103,8 @@ def compare_runs(paths: list[Path], metric: Optional[str] = None, allow_mismatch
     _check_metric(runs, metric, paths, allow_mismatch)
     document = {"metric": metric, "runs": [_run_entry(run, _shown_metrics(runs, metric)) for run in runs],
                 "protocols": {run.protocol: protocol_facts(run.protocol, run.metrics.get("speaker_independent"),
-                                                           run.task != "classification", run.task == "dimensional")
+                                                           run.task != "classification", run.task == "dimensional",
+                                                           run.metrics.get("merged"))
                               for run in runs},
                 "mismatches": differences, "comparisons": [paired(runs[0], run, metric) for run in runs[1:]]}
     out = Path(out)

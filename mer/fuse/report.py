@@ -181,7 +181,7 @@ def results_table(document: dict, paper: Optional[dict] = None) -> str:
     how = f"{n} folds, mean +/- std over folds" if n > 1 else "1 fold"
     lines = [f"{document['model']} on {document['corpus']} ({document['protocol']}, {how})",
              "  " + protocol_facts(document["protocol"], document.get("speaker_independent"),
-                                   "accuracy" not in summary, "ccc" in summary)]
+                                   "accuracy" not in summary, "ccc" in summary, document.get("merged"))]
     for source, wer in document.get("text_sources", {}).items():
         lines.append(f"  text from ASR: {source} ({'WER not measured' if wer is None else f'WER {wer:.3f}'})")
     width = max([12, *map(len, summary)])  # per-dimension names (ccc_activation) are longer

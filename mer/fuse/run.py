@@ -286,7 +286,8 @@ def _finish(run: PlannedRun, log) -> tuple[dict, Path]:
     cfg, run_dir = run.cfg, run.run_dir
     results = [run.done[name] for name in run.folds]
     labels = list(run.fold_set.labels) if run.fold_set.labels else None
-    extra = {"speaker_independent": run.fold_set.speaker_independent, "features": run.features,
+    extra = {"speaker_independent": run.fold_set.speaker_independent, "merged": run.fold_set.merged,
+             "features": run.features,
              "seed": cfg.trainer.seed, "text_sources": {source: record["wer"] and record["wer"]["wer"]
                                                         for source, record in run.run_config["text_sources"].items()}}
     document = metrics_document(cfg.model, cfg.corpus, run.protocol, results, extra)
