@@ -72,7 +72,8 @@ _CORPUS_RUN_OPTIONS = [  # what `mer extract` and `mer transcribe` share: the co
     click.option("--dataset", required=True, help="Corpus reader: " + ", ".join(_corpus_names())),
     click.option("--root", type=click.Path(path_type=Path), help="Corpus folder (or manifest file); demo needs none."),
     click.option("--cache", required=True, type=click.Path(path_type=Path), help="Feature cache folder (shared)."),
-    click.option("--workers", default=1, show_default=True, help="Worker processes (> 1: a local dask cluster)."),
+    click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Worker processes (> 1: a local dask cluster)."),
     click.option("--scheduler", metavar="ADDR", help="Submit to an existing dask.distributed scheduler "
                  "(tcp://host:8786)."),
     click.option("--decode-workers", type=click.IntRange(min=0), help="Decoder processes beside compute (0: a "
@@ -81,9 +82,10 @@ _CORPUS_RUN_OPTIONS = [  # what `mer extract` and `mer transcribe` share: the co
                  "(default: torch's own; on a small shared CPU 1 is often fastest)."),
     click.option("--strict", is_flag=True, help="Stop at the first utterance that fails (default: record it, go on)."),
     click.option("--retry-failed", is_flag=True, help="Try again the utterances that failed in earlier runs."),
-    click.option("--shard-size", default=128, show_default=True, help="Utterances per shard (the unit of resume)."),
-    click.option("--batch-seconds", type=float, help="Audio seconds per batch, padding included (default: 60 on "
-                 "CUDA, 15 on CPU, where big padded batches run slower)."),
+    click.option("--shard-size", default=128, show_default=True, type=click.IntRange(min=1),
+                 help="Utterances per shard (the unit of resume)."),
+    click.option("--batch-seconds", type=click.FloatRange(min=0, min_open=True), help="Audio seconds per batch, "
+                 "padding included (default: 60 on CUDA, 15 on CPU, where big padded batches run slower)."),
     click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,
                  help="auto: CUDA when present (decided on each worker with --scheduler)."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
@@ -97,20 +99,28 @@ def _corpus_run_options(command):
     return command
 
 
+def _feature_names(ctx, param, value: str) -> list[str]:
+    """--features (a click callback): the comma-separated names, at least one."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter("no feature named; e.g. --features minilm-l6 (see `mer list extractors`)")
+    return names
+
+
 @cli.command()
 @_corpus_run_options
-@click.option("--features", required=True, help="Comma-separated extractor names (see `mer list extractors`).")
+@click.option("--features", "names", required=True, callback=_feature_names,
+              help="Comma-separated extractor names (see `mer list extractors`).")
 @click.option("--set", "settings", multiple=True, metavar="TARGET.KEY=VALUE",
               help="An option for the corpus reader (corpus.KEY) or one feature (FEATURE.KEY). Repeatable.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Storage dtype for every feature "
               "(default: each extractor's own; openSMILE stores float32).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression of shard data.")
-def extract(dataset, root, features, cache, workers, scheduler, decode_workers, threads, strict, retry_failed, settings,
+def extract(dataset, root, names, cache, workers, scheduler, decode_workers, threads, strict, retry_failed, settings,
             shard_size, batch_seconds, device, dtype, compression, no_progress, as_json) -> None:
     """Decode a corpus once and write every requested feature into the cache (resumable)."""
     from mer.extract.runner import ExtractConfig, extract as run_extract, format_report, format_summary
 
-    names = [f.strip() for f in features.split(",") if f.strip()]
     corpus_options, feature_options = parse_settings(settings, names)
     config = ExtractConfig(dataset=dataset, root=root, features=names, cache=cache, corpus_options=corpus_options,
                            feature_options=feature_options, workers=workers, scheduler=scheduler,
