@@ -185,3 +185,15 @@ def test_predict_gives_context_reading_text_features_the_previous_turns(demo_roo
     alone, warning = predicted()
     assert "read the dialogue's previous turns (minilm-l6: 1 previous turn)" in warning and "--context" in warning
     assert max(abs(alone[k] - with_context[k]) for k in expected) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_mistyped_cache_folder_is_one_line_naming_it(tmp_path, kind):
+    cache = tmp_path / "nosuchcache"
+    if kind == "file":
+        cache.write_text("")
+    result = CliRunner().invoke(cli, ["fuse", "--model", "text-only", "--dataset", "meld", "--cache", str(cache),
+                                      "--out", str(tmp_path / "run"), "--device", "cpu"])
+    what = "no such folder" if kind == "missing" else "is a file, not a cache folder"
+    assert result.exit_code != 0 and str(result.exception) == f"{cache}: {what}; give the --cache folder of `mer extract`"
+    assert not (tmp_path / "run").exists()

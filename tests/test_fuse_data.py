@@ -246,8 +246,9 @@ def test_ids_missing_from_a_feature_are_dropped_from_every_split_and_reported(ca
     expected = set(AUDIO_FAILED) | {TEXT_NOT_EXTRACTED}
     assert set(data.dropped) == expected
     assert data.dropped["mini/d1_u2"] == "wav: extraction failed: clip shorter than one frame"
-    assert data.dropped[TEXT_NOT_EXTRACTED].startswith("words: not extracted (run `mer extract --dataset mini "
-                                                       "--features words")
+    # The same command as every other hint: from source.json, here placeholders (the cache has none).
+    assert data.dropped[TEXT_NOT_EXTRACTED].startswith("words: not extracted (run `mer extract --dataset READER "
+                                                       "--root CORPUS_ROOT --features words")
     assert data.dropped_by_split == {"train": ["mini/d1_u2"], "dev": [TEXT_NOT_EXTRACTED], "test": ["mini/d10_u0"]}
     for part in ("train", "dev", "test"):
         assert not expected & set(data.ids[part])

@@ -124,6 +124,44 @@ def test_audio_of_another_granularity_names_the_models_default(root):
     assert resolve(root, "cm-roberta", audio_feature="egemaps")["audio"] == "egemaps"
 
 
+def test_a_hash_of_the_wrong_granularity_points_to_the_cached_config_that_fits(root):
+    tokens, words = write(root, text_spec("token")), write(root, text_spec("word"))
+    with pytest.raises(MerError) as refused:
+        resolve(root, "mcfn", text_feature=f"roberta-base@{tokens}")
+    message = str(refused.value)
+    assert f"roberta-base@{tokens} is at token level" in message and "mer extract" not in message
+    key, value = message.split("--set ", 1)[1].split("=", 1)  # pasted as given, it resolves
+    assert resolve(root, "mcfn", **{key: value})["text"] == f"roberta-base@{words}"
+
+
+@pytest.mark.parametrize("model, role, feature", [("text-only", "text", "logmfb80-d2"),
+                                                  ("audio-only", "audio", "roberta-base")])
+def test_a_feature_of_the_other_modality_is_refused(root, model, role, feature):
+    write(root, text_spec("word"))
+    with pytest.raises(MerError) as refused:
+        resolve(root, model, **{f"{role}_feature": feature})
+    message = str(refused.value)
+    other = "text" if role == "audio" else "audio"
+    assert f"{feature} is a {other} feature, given as {model}'s {role} input" in message and "\n" not in message
+    key, value = message.split("read one that is cached: --set ", 1)[1].split()[0].split("=", 1)
+    assert resolve(root, model, **{key: value})[role] == value
+
+
+def test_the_suggested_default_is_the_models_not_the_users_override(root):
+    write(root, audio_spec("egemaps", "utterance"))
+    write(root, text_spec("word"))
+    config = make_config("mcfn", CORPUS, audio_feature="egemaps")  # as `--set audio_feature=egemaps` builds it
+    features = model_features("mcfn", config, CORPUS, {"audio_feature": "egemaps", "text_feature": "roberta-base"})
+    with pytest.raises(MerError, match="pass --set audio_feature=logmfb80-d2 \\(its default\\)"):
+        resolve_features(FeatureCache(root), CORPUS, "mcfn", config, features)
+
+
+def test_an_audio_feature_of_a_corpus_read_without_clips_says_the_clips_come_first(root):
+    with pytest.raises(MerError, match=f"{CORPUS} was read without audio \\(no utterance has a clip\\): put the "
+                                       "clips in its folder, then run `mer extract --dataset demo"):
+        resolve(root, "mcfn", audio_feature="mfcc40")
+
+
 def test_list_models_shows_the_granularity_and_whether_it_is_cached(root):
     write(root, text_spec("token"))
     result = CliRunner().invoke(cli, ["list", "models", "--cache", str(root), "--dataset", CORPUS])

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from mer.cache.corpus import extract_command
 from mer.cache.reader import FeatureCache, FeatureStore
 from mer.data.protocols import PARTS, Fold, FoldSet
 from mer.data.utterance import Label, Utterance
@@ -1013,11 +1014,15 @@ class FusionData:
                     failure = store.failures.get(utt_id)
                     if failure:
                         return f"{component}: extraction failed: {failure}"
-                    return (f"{component}: not extracted (run `mer extract --dataset {self.corpus} "
-                            f"--features {component} --cache {self.cache_root}`)")
+                    return f"{component}: not extracted (run {self._extract_again(store)})"
                 if found[utt_id] == 0:
                     return f"{component}: stored with no rows"
         return None
+
+    def _extract_again(self, store: FeatureStore) -> str:
+        """The `mer extract` command that adds what is missing to this very config, as the corpus was read."""
+        options = {key: value for key, value in store.spec.options.items() if key != "name"}
+        return extract_command(self.cache_root, self.corpus, store.spec.options.get("name", store.spec.name), options)
 
     def _samples(self, utterances: Optional[Sequence[Utterance]], cache: FeatureCache) -> dict[str, list[tuple]]:
         if self.sample_unit == "utterance":

@@ -27,6 +27,7 @@ import torch
 
 from mer import __version__
 from mer.cache.corpus import extract_command
+from mer.cache.layout import existing_cache_folder
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import find_text_source, read_wer
 from mer.cluster import check_can_fork_workers, daemonic, dask_client
@@ -159,12 +160,18 @@ def pick_config(cache: FeatureCache, corpus: str, model: str, config: FusionConf
     found = cache.configs(corpus, feature)
     if not found:
         fix = {"granularity": accepted[0]} if accepted and role == "text" else {}  # every text extractor has it
-        raise CacheError(f"{cache.root / corpus}: feature {feature!r} is not in the cache; run "
-                         f"{extract_command(cache.root, corpus, name, fix)}{_cached_instead(cache, corpus, role, accepted)}")
+        raise CacheError(f"{cache.root / corpus}: feature {feature!r} is not in the cache; "
+                         f"{_without_audio(cache, corpus, role)}run {extract_command(cache.root, corpus, name, fix)}"
+                         f"{_cached_instead(cache, corpus, role, accepted)}")
+    if all(f.spec.reads != role for f in found):
+        raise MerError(f"{cache.root / corpus}: {name} is a {found[0].spec.reads} feature, given as {model}'s {role} "
+                       f"input; pass --set {role}_feature=NAME with a {role} feature"
+                       f"{_cached_instead(cache, corpus, role, accepted)}")
     ranked = [[f for f in found if f.spec.granularity == g] for g in accepted] if accepted else [found]
     fitting = next((group for group in ranked if group), None)
     if fitting is None:
-        raise MerError(_wrong_granularity(cache, corpus, model, config, role, name, found, accepted[0]))
+        raise MerError(_another_config_fits(cache, corpus, model, role, feature, accepted)
+                       or _wrong_granularity(cache, corpus, model, role, name, found, accepted[0]))
     if len(fitting) > 1:
         options = ", ".join(f"{name}@{f.config_hash} ({f.spec.granularity})" for f in fitting)
         raise CacheError(f"{cache.root / corpus}: {feature!r} exists in several configs {model} can read "
@@ -182,7 +189,28 @@ def _cached_instead(cache: FeatureCache, corpus: str, role: str, accepted: list)
         (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
 
 
-def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: FusionConfig, role: str, name: str,
+def _without_audio(cache: FeatureCache, corpus: str, role: str) -> str:
+    """For an audio feature of a corpus read from its transcripts alone (no clips): say that the clips
+    come first, or the command below fails on the missing audio."""
+    if role != "audio" or any(u.audio_path for u in cache.utterances(corpus)):
+        return ""
+    return f"{corpus} was read without audio (no utterance has a clip): put the clips in its folder, then "
+
+
+def _another_config_fits(cache: FeatureCache, corpus: str, model: str, role: str, feature: str,
+                         accepted: list) -> str:
+    """For a `name@hash` of the wrong granularity: the cached config of the same feature that fits, if any."""
+    name, _, config_hash = feature.partition("@")
+    fitting = [f for f in cache.configs(corpus, name) if f.spec.granularity in accepted] if config_hash else []
+    if not fitting:
+        return ""
+    other = fitting[0]
+    return (f"{cache.root / corpus}: {model} reads {accepted[0]}-level {role}, but {feature} is at "
+            f"{cache.configs(corpus, feature)[0].spec.granularity} level; {name} is also cached at "
+            f"{other.spec.granularity} level: --set {role}_feature={name}@{other.config_hash}")
+
+
+def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, role: str, name: str,
                        found: list, need: str) -> str:
     have = ",".join(sorted({f.spec.granularity for f in found}))
     problem = f"{cache.root / corpus}: {model} reads {need}-level {role}, but {name} is cached at {have} level only"
@@ -191,7 +219,8 @@ def _wrong_granularity(cache: FeatureCache, corpus: str, model: str, config: Fus
         options = {key: value for key, value in spec.options.items() if key != "name"}
         command = extract_command(cache.root, corpus, spec.options.get("name", name), {**options, "granularity": need})
         return f"{problem}; run {command}"
-    default = model_features(model, config, corpus, {})[role]
+    # The registered default, not the config the user's --set built (which names this very feature).
+    default = model_features(model, make_config(model, corpus_family(corpus)), corpus, {})[role]
     if default and default != name:
         return f"{problem}; pass --set {role}_feature={default} (its default), or another {need}-level feature"
     return f"{problem}; pass another feature (--set {role}_feature=NAME), or read it anyway: --set {role}_granularity={have}"
@@ -214,6 +243,7 @@ def run_all(cfgs: list[FuseConfig], log: Callable[[str], None] = print,
     """Runs of one command (same cache, corpus, workers): every run is checked before any directory is
     touched; their folds train as one pool of (run, fold) tasks; each fold is saved as it finishes and each
     run's report written when its last fold is in."""
+    existing_cache_folder(cfgs[0].cache)
     trainer = _trainer_here(cfgs[0], log)
     cfgs = [replace(cfg, trainer=trainer) for cfg in cfgs]
     cache = FeatureCache(cfgs[0].cache)
