@@ -38,6 +38,14 @@ def check_cache_path(path: Path) -> None:
         raise CacheError(f"{blocker}: is a file, not a folder; pass --cache a folder path")
 
 
+def existing_cache_folder(root: Path) -> Path:
+    """`root` when it is a folder; else one line saying what it is, for a mistyped --cache."""
+    if not Path(root).is_dir():
+        what = "is a file, not a cache folder" if Path(root).exists() else "no such folder"
+        raise CacheError(f"{root}: {what}; give the --cache folder of `mer extract`")
+    return root
+
+
 def make_cache_folder(path: Path) -> Path:
     """mkdir -p, with one line instead of a traceback when a part of the path is a file."""
     path = Path(path)
