@@ -372,7 +372,7 @@ def cache_info(root, corpus, feature, as_json) -> None:
     from mer.cache.reader import FeatureCache
 
     fc = FeatureCache(_cache_folder(root))
-    corpora = [corpus] if corpus else fc.corpora()
+    corpora = [fc.corpus(corpus)] if corpus else fc.corpora()
     infos = [fc.find(c, feature) for c in corpora] if feature else [f for c in corpora for f in fc.features(c)]
     out = [_info_dict(fc, info) for info in infos]
     if as_json:

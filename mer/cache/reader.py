@@ -115,6 +115,14 @@ class FeatureCache:
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and ((p / CORPUS_MANIFEST).is_file() or any(p.glob(f"*/{SPEC_FILE}"))))
 
+    def corpus(self, corpus: str) -> str:
+        """`corpus` when the cache has it; else one line naming the corpora it has (a mistyped name)."""
+        corpora = self.corpora()
+        if corpus not in corpora:
+            has = f"it has {', '.join(corpora)}" if corpora else "it has none (mer extract --cache fills it)"
+            raise CacheError(f"{self.root}: no corpus {corpus!r} in this cache; {has}")
+        return corpus
+
     def utterances(self, corpus: str) -> list[Utterance]:
         path = self.root / corpus / CORPUS_MANIFEST
         if not path.is_file():

@@ -59,7 +59,7 @@ class FeatureReport:
 def verify_cache(root: Path, corpus: Optional[str] = None, feature: Optional[str] = None,
                  repair: bool = False) -> list[FeatureReport]:
     root = Path(root)
-    corpora = [corpus] if corpus else FeatureCache(root).corpora()
+    corpora = [FeatureCache(root).corpus(corpus)] if corpus else FeatureCache(root).corpora()
     if not corpora:
         raise CacheError(f"{root}: no corpora in this cache; check the path (mer extract --cache fills a cache)")
     reports = []
