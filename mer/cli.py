@@ -486,6 +486,8 @@ def list_models(cache, corpus) -> None:
     from mer.fuse.models import MODELS, make_config, model_names
     from mer.fuse.run import model_features
 
+    if cache:
+        _cache_folder(cache)
     for name in model_names():
         config, demo_config = MODELS.get(name).config_class(), make_config(name, "demo")
         paper = _pair(model_features(name, config, "paper", {}), config)
