@@ -140,7 +140,7 @@ def test_offline_missing_model_fails_fast_in_one_line(tmp_path):
     assert len(lines) == 2, f"want a time and ONE message line; stdout={done.stdout!r} stderr={done.stderr[-500:]!r}"
     seconds, message = float(lines[0]), lines[1]
     assert seconds < 5, f"offline failure took {seconds:.1f} s"
-    assert "microsoft/wavlm-base-plus" in message and "--models-dir" in message
+    assert "microsoft/wavlm-base-plus" in message and "--set wavlm-base-plus.models_dir=DIR" in message
 
 
 # ----------------------------------------------------------------------------- batching

@@ -335,7 +335,7 @@ def test_missing_model_fails_fast_offline(tmp_path, monkeypatch):
             build_extractor(name, **options)
         assert time.perf_counter() - started < 5
         message = str(caught.value)
-        assert "\n" not in message and "--models-dir" in message and "hf-text:/path/to/" in message
+        assert "\n" not in message and f"--set {name}.models_dir=DIR" in message and "export MER_MODELS_DIR=DIR" in message
     with pytest.raises(MerError, match="model directory not found"):
         build_extractor("hf-text:/no/such/dir")
 

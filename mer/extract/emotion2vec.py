@@ -64,7 +64,7 @@ from torch import nn
 
 from mer.errors import MerError
 from mer.extract.base import ExtractItem, Extractor, FeatureSpec, check_all, check_options, register_checkpoints
-from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, _from_hub, hash_local_weights
+from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, _from_hub, hash_local_weights, local_copy_hint
 from mer.extract.ssl import COMPUTE_DTYPES, SAMPLE_RATE, ConvGeometry, compute_dtype, plan_chunks
 
 CHECKPOINTS = {
@@ -335,14 +335,15 @@ class Checkpoint:
     revision: str  # "sha256:" of the converted weights
 
 
-def resolve_checkpoint(model: str, revision: Optional[str] = None, models_dir: Optional[str] = None) -> Checkpoint:
+def resolve_checkpoint(model: str, revision: Optional[str] = None, models_dir: Optional[str] = None,
+                       feature: str = "") -> Checkpoint:
     """A converted or release directory (given, in models_dir / $MER_MODELS_DIR, in the HF cache or on
-    the hub); release directories are converted once into $MER_HOME/emotion2vec/."""
+    the hub); release directories are converted once into $MER_HOME/emotion2vec/. `feature` names the
+    extractor in the hint."""
     directory = _find_local(model, models_dir)
     if directory is None:
-        hint = (f"pass model=DIR (a folder with {RELEASE_WEIGHTS} + {RELEASE_CONFIG}, or one written by "
-                f"python -m mer.extract.emotion2vec_convert), models_dir=DIR or ${MODELS_DIR_ENV}=DIR "
-                f"(with DIR/{model.rstrip('/').split('/')[-1]}/)")
+        hint = local_copy_hint(model, feature, f"{RELEASE_WEIGHTS} + {RELEASE_CONFIG}, or what "
+                                               "python -m mer.extract.emotion2vec_convert writes")
         directory = _from_hub(model, revision, hint, patterns=(RELEASE_CONFIG, RELEASE_WEIGHTS, "*.json",
                                                                 "*.safetensors")).local_dir
     converted = directory if (directory / CONFIG_FILE).is_file() else _converted_copy(directory)
@@ -448,7 +449,7 @@ class Emotion2vecExtractor(Extractor):
 
     def __init__(self, name: str, model: str, options: Emotion2vecOptions):
         self.options = options
-        self.checkpoint = resolve_checkpoint(model, options.revision, options.models_dir)
+        self.checkpoint = resolve_checkpoint(model, options.revision, options.models_dir, name)
         self.model_config = Emotion2vecConfig.from_json(self.checkpoint.directory / CONFIG_FILE)
         self.geometry = self.model_config.geometry
         self._window_frames = self.geometry.frames(int(options.chunk_seconds * SAMPLE_RATE))

@@ -17,7 +17,6 @@ from mer.extract.base import EXTRACTORS
 from mer.extract.text import PRESETS, TextConfig, TextError, TextExtractor, parse_options
 from mer.finetune_run import FINETUNED_PREFIX, FinetuneRun
 
-HINT = "the checkpoint folder a `mer finetune` run wrote; run its command again to make it"
 
 
 @EXTRACTORS.register("finetuned")
@@ -35,7 +34,7 @@ def finetuned(arg: str = "", fold: str = "", **options) -> TextExtractor:
     encoder = run.config["encoder"]
     preset = PRESETS.get(encoder, TextConfig())  # hf-text:... has the family's defaults
     config = replace(parse_options(run.feature_name, preset, {**trained, **options}), model=str(run.checkpoint(fold)))
-    extractor = TextExtractor(run.feature_name, config, HINT)
+    extractor = TextExtractor(run.feature_name, config)
     origin = {"run": run.digest, "fold": fold, "encoder": encoder}
     extractor.spec = replace(extractor.spec, config={**extractor.spec.config, "finetuned": origin})
     return extractor

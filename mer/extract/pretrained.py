@@ -33,18 +33,27 @@ class ResolvedModel:
 
 
 def resolve_pretrained(name_or_path: str, revision: Optional[str] = None,
-                       models_dir: Optional[str | Path] = None, flag_hint: str = "") -> ResolvedModel:
-    """Find `name_or_path` locally (a directory, `models_dir`/$MER_MODELS_DIR, the HF cache) or on the hub."""
+                       models_dir: Optional[str | Path] = None, feature: str = "") -> ResolvedModel:
+    """Find `name_or_path` locally (a directory, `models_dir`/$MER_MODELS_DIR, the HF cache) or on the hub;
+    `feature`, the extractor's name as `--features` gives it, goes into the hint when neither has it."""
     local = _find_local(name_or_path, models_dir)
     if local is not None:
         return ResolvedModel(name_or_path, local, "sha256:" + hash_local_weights(local))
-    return _from_hub(name_or_path, revision, flag_hint or _default_hint(name_or_path))
+    return _from_hub(name_or_path, revision, local_copy_hint(name_or_path, feature))
 
 
-def _default_hint(name: str) -> str:
-    base = name.rstrip("/").split("/")[-1]
-    return (f"pass a local copy: --models-dir DIR (with DIR/{base}/config.json) or ${MODELS_DIR_ENV}=DIR, "
-            f"or name the directory directly (e.g. hf-audio:/path/to/{base})")
+def local_copy_hint(model: str, feature: str = "", contents: str = "config.json and weights") -> str:
+    """How to point `mer extract --features FEATURE` at a local copy of `model`, in forms that work when
+    pasted: `--set FEATURE.models_dir=DIR`, $MER_MODELS_DIR, or the copy itself (`--set FEATURE.model=PATH`;
+    for `hf-audio:ID` and the like, `--features hf-audio:PATH`). Without `feature`: $MER_MODELS_DIR only."""
+    base = model.rstrip("/").split("/")[-1] or model
+    ways = [*([f"pass --set {feature}.models_dir=DIR"] if feature else []), f"export {MODELS_DIR_ENV}=DIR"]
+    hint = f"put a local copy in DIR/{base}/ ({contents}), then {' or '.join(ways)}"
+    if not feature:
+        return hint
+    family, named, _ = feature.partition(":")
+    itself = f"--features {family}:/path/to/{base}" if named else f"--set {feature}.model=/path/to/{base}"
+    return f"{hint}; or name the copy itself: {itself}"
 
 
 def _find_local(name: str, models_dir: Optional[str | Path]) -> Optional[Path]:

@@ -262,7 +262,7 @@ class SslExtractor(Extractor):
 
     def __init__(self, name: str, model: str, options: SslOptions):
         self.options = options
-        self.resolved = resolve_pretrained(model, options.revision, options.models_dir)
+        self.resolved = resolve_pretrained(model, options.revision, options.models_dir, name)
         self.model_config = self._checked_config()
         self.feature_extractor = self._feature_extractor()
         self.layers = parse_layers(options.layers, self.num_layers)

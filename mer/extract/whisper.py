@@ -107,7 +107,7 @@ class WhisperEncoderExtractor(Extractor):
 
     def __init__(self, name: str, model: str, options: WhisperOptions):
         self.options = options
-        self.resolved = resolve_pretrained(model, options.revision, options.models_dir)
+        self.resolved = resolve_pretrained(model, options.revision, options.models_dir, name)
         self.model_config = self._checked_config()
         self.feature_extractor = self._feature_extractor()
         self.layers = parse_layers(options.layers, self.model_config.encoder_layers)
