@@ -146,6 +146,13 @@ def test_manifest_without_audio_column_blames_the_header(tmp_path):
     assert "line 2" not in line
 
 
+def test_jsonl_manifest_without_audio_names_the_line(tmp_path):
+    path = tmp_path / "talk.jsonl"
+    path.write_text('{"id": "a", "text": "hi", "label": "joy"}\n')
+    with pytest.raises(MerError, match=r"talk.jsonl: line 1 has no 'audio' key, which audio features need"):
+        prepare("manifest", path)
+
+
 # ---- 7: the reader's report counts speakers and folds ------------------------------------------------
 
 @pytest.mark.parametrize("speakers", [3, 24])

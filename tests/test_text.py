@@ -293,7 +293,7 @@ def test_options_from_cli_strings(tiny_dirs):
     assert extractor.needs_context_turns == 2
     with pytest.raises(TextError, match="unknown option"):
         build_extractor(f"hf-text:{tiny_dirs['bert']}", pooling="mean")
-    with pytest.raises(TextError, match="granularity must be one of"):
+    with pytest.raises(TextError, match="granularity='frame' must be one of .*--set hf-text:.*granularity="):
         build_extractor(f"hf-text:{tiny_dirs['bert']}", granularity="frame")
     with pytest.raises(TextError, match="context_turns"):
         build_extractor(f"hf-text:{tiny_dirs['bert']}", context_turns="two")

@@ -109,6 +109,17 @@ class TextError(MerError):
     """Bad text-encoder options, or an utterance the encoder cannot take."""
 
 
+class TextOptionError(TextError):
+    """Option values a TextConfig refuses, each (option, value, what it must be, a valid value); with
+    `feature`, the message names it and the `--set FEATURE.OPTION=VALUE` that fixes each."""
+
+    def __init__(self, failed: list[tuple[str, Any, str, Any]], feature: str = ""):
+        self.failed = failed
+        problems = [f"{key}={value!r} must be {rule}" + (f" (e.g. --set {feature}.{key}={example})" if feature else "")
+                    for key, value, rule, example in failed]
+        super().__init__(f"{feature or 'text options'}: {'; '.join(problems)}")
+
+
 @dataclass(frozen=True)
 class TextConfig:
     """Every option of the text family, with its default; presets replace some of them."""
@@ -125,20 +136,20 @@ class TextConfig:
     text_source: str = REFERENCE  # the corpus's own transcripts, or a cached one: asr:NAME[@HASH] (mer transcribe)
 
     def __post_init__(self):
-        checks = {
-            f"granularity must be one of {GRANULARITIES}": self.granularity in GRANULARITIES,
-            f"pool must be one of {POOLS}": self.pool in POOLS,
-            f"combine must be one of {COMBINES}": self.combine in COMBINES,
-            f"layers must be one of {LAYER_WORDS}, an int or a list of ints":
-                self.layers in LAYER_WORDS or isinstance(self.layers, (int, tuple)),
-            "context_turns must be >= 0": self.context_turns >= 0,
-            "max_tokens must be >= 2": self.max_tokens >= 2,
-            f"text_source must be {REFERENCE} or {ASR_PREFIX}NAME[@HASH] (a source `mer transcribe` wrote)":
-                is_reference(self.text_source) or self.text_source.startswith(ASR_PREFIX),
-        }
-        failed = [message for message, ok in checks.items() if not ok]
+        checks = [  # (option, valid, what it must be, a value that is)
+            ("granularity", self.granularity in GRANULARITIES, f"one of {', '.join(GRANULARITIES)}", "utterance"),
+            ("pool", self.pool in POOLS, f"one of {', '.join(POOLS)}", "mean"),
+            ("combine", self.combine in COMBINES, f"one of {', '.join(COMBINES)}", "concat"),
+            ("layers", self.layers in LAYER_WORDS or isinstance(self.layers, (int, tuple)),
+             f"one of {', '.join(LAYER_WORDS)}, an int or a list of ints", "last"),
+            ("context_turns", self.context_turns >= 0, ">= 0", 0),
+            ("max_tokens", self.max_tokens >= 2, ">= 2", 512),
+            ("text_source", is_reference(self.text_source) or self.text_source.startswith(ASR_PREFIX),
+             f"{REFERENCE} or {ASR_PREFIX}NAME[@HASH] (a source `mer transcribe` wrote)", REFERENCE),
+        ]
+        failed = [(key, rule, example) for key, ok, rule, example in checks if not ok]
         if failed:
-            raise TextError(f"text options: {'; '.join(failed)}")
+            raise TextOptionError([(key, getattr(self, key), rule, example) for key, rule, example in failed])
 
 
 # The registered presets: the only place their hub ids and defaults live.
@@ -161,7 +172,10 @@ def parse_options(name: str, preset: TextConfig, options: dict[str, Any]) -> Tex
     if unknown:
         raise TextError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     coerced = {key: _coerce(name, key, value) for key, value in options.items()}
-    return replace(preset, **coerced)
+    try:
+        return replace(preset, **coerced)
+    except TextOptionError as refused:
+        raise TextOptionError(refused.failed, name) from None
 
 
 def _coerce(name: str, key: str, value: Any) -> Any:

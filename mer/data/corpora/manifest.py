@@ -98,8 +98,10 @@ def _read_jsonl(path: Path, report: CorpusReport) -> list[tuple[int, dict]]:
 
 def _require_audio_column(rows: list[tuple[int, dict]], path: Path) -> None:
     for line, row in rows:
-        if "audio" not in row:
-            raise CorpusError(f"{NAME}: {path} line {line} has no 'audio' column, which audio features need; "
+        if "audio" not in row:  # a CSV row has every column of the header
+            where = "the header has no 'audio' column" if _FORMATS[path.suffix.lower()] == "csv" else \
+                f"line {line} has no 'audio' key"
+            raise CorpusError(f"{NAME}: {path}: {where}, which audio features need; "
                               "add it (clip paths), or extract text features only (e.g. --features minilm-l6)")
 
 
