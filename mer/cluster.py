@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Iterator, Optional
+import sys
+import threading
+from typing import Callable, Iterator, Optional
 
 from mer.errors import MerError
 
 CONNECT_TIMEOUT_S = 30
+WORKER_CHECK_S = 30  # how often a client of --scheduler asks whether any worker is left
 
 
 @contextlib.contextmanager
@@ -23,7 +26,7 @@ def dask_client(scheduler: Optional[str] = None, workers: int = 1, threads: Opti
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        with _connect(scheduler) as client:
+        with _connect(scheduler) as client, watch_workers(client):
             yield client
         return
     import dask
@@ -53,14 +56,70 @@ def check_can_fork_workers(loader_workers: int) -> None:
                        "`DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker ADDR`, or use --loader-workers 0")
 
 
+def check_scheduler_address(address: str) -> None:
+    """A one-line error, before any connection is tried, where `address` is not a dask address."""
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme).get_address_host_port(location)
+    except NotImplementedError:  # a scheme without HOST:PORT (inproc://, ucx://): the connection tells
+        return
+    except (ValueError, TypeError) as exc:
+        raise MerError(f"--scheduler {address}: not a dask address ({_reason(exc)}); write tcp://HOST:PORT, "
+                       "the address `dask scheduler` prints") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return "the port is not a number" if text.startswith("invalid literal for int()") else text.split(" (known")[0]
+
+
 def _connect(scheduler: str):
     from dask.distributed import Client
 
+    check_scheduler_address(scheduler)
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise MerError(f"cannot reach the dask scheduler at {scheduler} ({exc}); "
                        "check the address or start one with `dask scheduler`") from None
+    except (ValueError, TypeError) as exc:  # what check_scheduler_address cannot see (a scheme dask cannot use)
+        raise MerError(f"--scheduler {scheduler}: not a usable dask address ({exc}); write tcp://HOST:PORT, "
+                       "the address `dask scheduler` prints") from None
+
+
+@contextlib.contextmanager
+def watch_workers(client, warn: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """While the block runs, one line (on stderr by default) each time the scheduler is left without workers:
+    its tasks then wait, silently, until a worker connects. Checked every WORKER_CHECK_S seconds."""
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(client, stop, warn or _to_stderr), daemon=True,
+                               name="mer-watch-workers")
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+
+
+def _watch(client, stop: threading.Event, warn: Callable[[str], None]) -> None:
+    address, warned = client.scheduler.address, False
+    while not stop.wait(WORKER_CHECK_S):
+        try:
+            idle = not client.scheduler_info(n_workers=1)["workers"]
+        except Exception:  # noqa: BLE001 (the client lost the scheduler or is closing: its own error tells)
+            return
+        if idle and not warned:
+            warn(f"warning: no dask workers connected to {address}; the tasks wait for one "
+                 f"(start one: dask worker {address})")
+        warned = idle
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def dask_setup(worker) -> None:
