@@ -161,4 +161,5 @@ def test_manifest_report_counts_speaker_and_fold(tmp_path, speakers):
     assert len(report.counts["speaker"]) == speakers and report.counts["fold"] == {f"f{i}": 48 // 5 + (i < 3)
                                                                                  for i in range(5)}
     text = report.format()
-    assert "  speaker: " in text and "  fold: f0=10" in text and "split" not in text, text
+    speaker_line = "  speaker: s0=16, s1=16, s2=16" if speakers == 3 else "  speaker: 24 values, 2 each"
+    assert speaker_line in text and "  fold: f0=10" in text and "split" not in text, text

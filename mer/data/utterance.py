@@ -67,12 +67,22 @@ class CorpusReport:
         if not self.audio_read:
             lines.append("  audio: not read (text features only)")
         for group, values in self.counts.items():
-            if group == "total" or len(values) > 20:
-                continue
-            lines.append(f"  {group}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+            if group != "total":
+                lines.append(f"  {group}: {_format_counts(values)}")
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  skipped {n}: {reason}")
         return "\n".join(lines)
+
+
+LISTED_VALUES = 20  # a group with more values (MELD's speakers) is summed up in one line
+
+
+def _format_counts(values: dict[str, int]) -> str:
+    """`a=3, b=5`; past LISTED_VALUES values, how many there are and their range (the --json summary lists them)."""
+    if len(values) <= LISTED_VALUES:
+        return ", ".join(f"{k}={v}" for k, v in values.items())
+    low, high = min(values.values()), max(values.values())
+    return f"{len(values)} values, {low if low == high else f'{low} to {high}'} each (--json: corpus_report.counts)"
 
 
 def _group_value(utt: Utterance, group: str) -> str:

@@ -51,8 +51,14 @@ def prepare(root, name: Optional[str] = None, label_type: str = "auto", *, needs
         utt = _utterance(row, label, name, path, line, report, needs_audio)
         if utt is not None:
             utterances.append(utt)
-    finish_report(report, utterances, ("split", "label"))
+    finish_report(report, utterances, _groups(utterances))
     return Corpus(name, utterances, report)
+
+
+def _groups(utterances: list[Utterance]) -> list[str]:
+    """What the report counts: label, and the columns of split, fold and speaker the manifest fills."""
+    return [group for group in ("split", "fold", "label", "speaker")
+            if group == "label" or any(getattr(u, group) for u in utterances)]
 
 
 def _corpus_name(name: str, path: Path) -> str:
