@@ -74,7 +74,7 @@ class CorpusReport:
         return "\n".join(lines)
 
 
-LISTED_VALUES = 20  # a group with more values (MELD's speakers) is summed up in one line
+LISTED_VALUES = 20  # a group with more values (CREMA-D's speakers) is summed up in one line
 
 
 def _format_counts(values: dict[str, int]) -> str:
