@@ -33,7 +33,7 @@ import torch
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import (ASR_PREFIX, REFERENCE, TRANSCRIPT, describe_wer, read_wer, source_name,
                                    transcribe_command)
-from mer.data.audio import load_audio
+from mer.data.audio import SAMPLE_RATE, load_audio
 from mer.data.utterance import Utterance
 from mer.errors import MerError
 from mer.extract.base import Extractor, ExtractItem, FeatureSpec, build_extractor, rebuild_extractor
@@ -43,6 +43,8 @@ from mer.fuse.models import MODELS, RegressionTargets, build_model
 from mer.fuse.run import changed_fold_file, fuse_command, read_fold_record, run_digest
 
 MARGIN_SECONDS = 1.0  # beyond the last frame kept: covers every window and delta reach at its edge
+SILENCE_DBFS = -60.0  # a clip whose peak is below this is silent (speech peaks near -20..0 dBFS): eGeMAPS gives zeros
+MIN_SECONDS = 0.5  # a shorter clip gives too few frames: eGeMAPS, for one, then gives zeros for most of its values
 
 
 def load_run(run_dir: Path) -> dict:
@@ -96,8 +98,8 @@ def _frames_are_local(extractor: Extractor) -> bool:
     return config.log == "ln" or config.top_db is None  # top_db floors at the whole file's peak
 
 
-def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str],
-                   fold: Optional[str] = None, context: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[str, str], fold: Optional[str] = None,
+                   context: Sequence[str] = (), warn: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """role -> (rows, dim) float32, each role's features joined on the last axis as in training; a text
     feature reads the transcript of its text source (`texts`: source -> text), and one that reads previous
     turns (`context_turns`) the last of `context` (the dialogue's earlier turns, oldest first). `fold`: that
@@ -108,7 +110,7 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[st
     if "audio" in extractors:
         if audio_path is None:
             raise MerError(f"this run's model reads audio ({run['features']['audio']}); pass --audio FILE")
-        wave = load_audio(audio_path, None, audio_seconds_needed(extractors["audio"], config.max_audio_frames))
+        wave = load_clip(audio_path, audio_seconds_needed(extractors["audio"], config.max_audio_frames), warn)
     inputs = {}
     for role, role_extractors in extractors.items():
         parts = []
@@ -125,6 +127,31 @@ def extract_inputs(run: dict, config, audio_path: Optional[Path], texts: dict[st
     return inputs
 
 
+def load_clip(path: Path, end: Optional[float] = None, warn: Callable[[str], None] = print) -> np.ndarray:
+    """--audio decoded up to `end` seconds (None: all of it); a one-line error for a folder or a missing file,
+    and a warning, the prediction still made, for a clip too silent or too short to predict from."""
+    path = Path(path)
+    if path.is_dir():
+        raise MerError(f"{path}: is a folder, not an audio file; pass a file (--audio FILE)")
+    if not path.exists():
+        raise MerError(f"{path}: no such file; check the --audio path")
+    wave = load_audio(path, None, end)
+    flaws = clip_flaws(wave)
+    if flaws:
+        warn(f"warning: {path}: the clip is {' and '.join(flaws)}: its prediction means little")
+    return wave
+
+
+def clip_flaws(wave: np.ndarray) -> list[str]:
+    """Why a decoded clip (16 kHz mono) is no speech to predict from: silent, too short; [] when neither."""
+    flaws = []
+    if float(np.abs(wave).max(initial=0.0)) < 10 ** (SILENCE_DBFS / 20):
+        flaws.append(f"silent (peak below {SILENCE_DBFS:.0f} dBFS)")
+    if len(wave) < MIN_SECONDS * SAMPLE_RATE:
+        flaws.append(f"{len(wave) / SAMPLE_RATE:.2f} s long, shorter than the {MIN_SECONDS} s the audio features need")
+    return flaws
+
+
 def fold_specs(run: dict, fold: Optional[str]) -> dict:
     """role -> the feature specs `fold` was trained on (the run's, unless they differ per fold)."""
     return run.get("fold_feature_specs", {}).get(fold, run["feature_specs"])
@@ -136,7 +163,7 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     """`asr` (whisper-base, hf-whisper:PATH): transcribe the audio with it instead of the text the run
     was trained on; without `text` and `asr`, a run trained on ASR text transcribes with its own ASR.
     `context`: the dialogue's previous turns (oldest first), for text features that read them."""
-    run_dir = Path(run_dir)
+    run_dir, warn = Path(run_dir), _once(warn)  # the audio is decoded for each set of features: warned once
     run = load_run(run_dir)
     config = MODELS.get(run["model"]).config_class(**run["model_config"])
     labels = run["labels"]
@@ -150,7 +177,7 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     def inputs_of(name: str) -> dict:
         key = json.dumps(fold_specs(run, name), sort_keys=True)
         if key not in inputs_by_specs:
-            inputs_by_specs[key] = extract_inputs(run, config, audio_path, texts, name, context)
+            inputs_by_specs[key] = extract_inputs(run, config, audio_path, texts, name, context, warn)
         return inputs_by_specs[key]
     outputs = [_predict_fold(run_dir, name, run, config, inputs_of(name)) for name in ([fold] if fold else records)]
     mean = np.mean(outputs, axis=0)
@@ -159,6 +186,17 @@ def predict(run_dir: Path, audio_path: Optional[Path], text: str, fold: Optional
     if labels is None:
         return {"prediction": float(mean)}
     return {label: float(p) for label, p in zip(labels, mean)}
+
+
+def _once(warn: Callable[[str], None]) -> Callable[[str], None]:
+    """`warn` that passes on each distinct line once."""
+    said: set[str] = set()
+
+    def warn_once(line: str) -> None:
+        if line not in said:
+            said.add(line)
+            warn(line)
+    return warn_once
 
 
 def check_context(run: dict, context: Sequence[str], warn: Callable[[str], None]) -> None:
@@ -212,7 +250,7 @@ def _transcribe(transcriber, audio_path: Optional[Path], warn: Callable[[str], N
     if audio_path is None:
         raise MerError(f"transcribing with {transcriber.spec.name} needs the audio: pass --audio FILE")
     transcriber.load("cpu")
-    transcript = transcriber.transcribe([load_audio(audio_path)])[0]
+    transcript = transcriber.transcribe([load_clip(audio_path, None, warn)])[0]
     warn(f"transcript ({transcriber.spec.name}): {transcript}")
     return transcript
 
