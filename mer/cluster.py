@@ -109,7 +109,7 @@ def _watch(client, stop: threading.Event, warn: Callable[[str], None]) -> None:
     address, warned = client.scheduler.address, False
     while not stop.wait(WORKER_CHECK_S):
         try:
-            idle = not client.scheduler_info(n_workers=1)["workers"]
+            idle = not client.nthreads()  # not scheduler_info(): it replaces the info the client caches
         except Exception:  # noqa: BLE001 (the client lost the scheduler or is closing: its own error tells)
             return
         if idle and not warned:
