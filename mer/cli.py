@@ -236,7 +236,7 @@ def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, pro
                         scheduler=scheduler, folds=folds.split(",") if folds else None,
                         trainer=TrainerConfig(device=device, seed=seed, class_weights=class_weights),
                         loader_workers=loader_workers)
-    specs = list(ablations) + (read_ablation_grid(ablation_grid) if ablation_grid else [])
+    specs = list(ablations) + (read_ablation_grid(ablation_grid, config) if ablation_grid else [])
     if ablation_grid or len(specs) > 1:
         run_ablation_grid(config, specs, _fuse_log)
     else:

@@ -197,3 +197,13 @@ def test_a_mistyped_cache_folder_is_one_line_naming_it(tmp_path, kind):
     what = "no such folder" if kind == "missing" else "is a file, not a cache folder"
     assert result.exit_code != 0 and str(result.exception) == f"{cache}: {what}; give the --cache folder of `mer extract`"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fold_on_a_machine_that_does_not_see_the_cache_says_so(tmp_path):
+    from mer.errors import CacheError
+    from mer.fuse.run import _cache_seen_here
+
+    with pytest.raises(CacheError, match="no such folder on .*, where this fold runs: the dask workers must see "
+                                         "the cache at the client's absolute path"):
+        _cache_seen_here(tmp_path / "only-on-the-client")
+    _cache_seen_here(tmp_path)

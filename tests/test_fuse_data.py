@@ -447,3 +447,11 @@ def test_batch_bytes_is_the_mean_stored_input_of_a_batch(cache):
     assert [data.sources[role].dtypes for role in itemsize] == [("float16",), ("float32",)]
     stored = [sum(data.lengths[role][i] * data.sources[role].dim * itemsize[role] for role in itemsize) for i in train]
     assert data.batch_bytes("train", 4) == 4 * sum(stored) // len(stored)
+
+
+def test_a_batch_holds_at_most_the_whole_split(cache):
+    """`--loader-workers auto` decides from this: a probe's batch of 4096 on a few dozen clips is those clips."""
+    data = make_data(cache)
+    train = len(data.ids["train"])
+    assert data.batch_bytes("train", 10 ** 6) == data.batch_bytes("train", train)
+    assert data.batch_bytes("train", 1) * train <= data.batch_bytes("train", train) < data.batch_bytes("train", 1) * (train + 1)

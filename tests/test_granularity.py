@@ -191,3 +191,12 @@ def test_mcfn_refuses_roberta_tokens_then_trains_on_the_words_the_pasted_command
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["features"]["text"].startswith("roberta-base@")
     assert config["feature_specs"]["text"][0]["granularity"] == "word"
+
+
+def test_every_input_that_is_not_cached_is_named_in_one_message(root):
+    write(root, text_spec("word"))
+    with pytest.raises(MerError) as refused:
+        resolve(root, "concat", audio_feature="nosuch-audio", text_feature="nosuch-text")
+    message = str(refused.value)
+    assert "'nosuch-audio' is not in the cache" in message and "'nosuch-text' is not in the cache" in message
+    assert "--set audio_feature=logmfb80-d2" in message and "--set text_feature=roberta-base" in message

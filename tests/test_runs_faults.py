@@ -305,6 +305,26 @@ def test_bad_settings_are_one_line_before_anything_is_written(cache, tmp_path, s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (("--set", "nosuch=1"), "--set nosuch: no such option of this model; its options: "),
+    (("--ablation", "no_sca=maybe"), "--ablation no_sca=maybe: no_sca expects a boolean (true or false)"),
+])
+def test_bad_options_and_ablations_are_named_by_the_option_they_came_from(cache, tmp_path, option, message):
+    result = mer("fuse", "--model", "cm-roberta", "--dataset", CORPUS, "--cache", str(cache), "--out",
+                 str(tmp_path / "run"), "--device", "cpu", *option)
+    assert error_of(result).startswith(message) and "Config" not in error_of(result)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_line_of_an_ablation_grid_names_the_file_and_line(cache, tmp_path):
+    grid = tmp_path / "grid.txt"
+    grid.write_text("# the grid\nfull\nno_sca=maybe\n")
+    result = mer("fuse", "--model", "cm-roberta", "--dataset", CORPUS, "--cache", str(cache), "--out",
+                 str(tmp_path / "run"), "--device", "cpu", "--ablation-grid", str(grid))
+    assert error_of(result) == f"{grid} line 3: --ablation no_sca=maybe: no_sca expects a boolean (true or false)"
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_setting_through_the_installed_command_is_one_line_exit_2(cache, tmp_path):
     result = subprocess.run([MER, *fuse_args(cache, tmp_path / "run", "--set", "max_epochs=-1")],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

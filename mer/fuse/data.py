@@ -1128,9 +1128,11 @@ class FusionData:
                 for shard, ks in sorted(members.items())]
 
     def batch_bytes(self, split: str, batch_size: int) -> int:
-        """Stored bytes of the inputs of an average batch of `split` (before float32 conversion and padding)."""
+        """Stored bytes of the inputs of an average batch of `split` (before float32 conversion and padding);
+        a batch holds at most the whole split (a probe's batch of 4096 on 224 clips is 224 clips)."""
         samples = self._split_samples(split)
-        return batch_size * sum(self._input_bytes(sample) for sample in samples) // max(1, len(samples))
+        total = sum(self._input_bytes(sample) for sample in samples)
+        return min(batch_size, len(samples)) * total // max(1, len(samples))
 
     def _input_bytes(self, sample: tuple[str, ...]) -> int:
         if self.sample_unit == "dialogue":

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shlex
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +38,7 @@ from mer.errors import CacheError, MerError
 from mer.finetune_run import is_finetuned
 from mer.fuse.data import FusionData
 from mer.fuse.finetuned import fold_features
-from mer.fuse.models import MODELS, build_model, make_config
+from mer.fuse.models import MODELS, apply_overrides, build_model, make_config
 from mer.fuse.models.base import FusionConfig, accepted_granularities, paper_row
 from mer.fuse.report import (digest_of_test_ids, fold_from_record, fold_record, metrics_document, plot_confusion,
                              plot_curves, results_table, write_atomically, write_json, write_metrics, write_predictions)
@@ -118,15 +119,16 @@ def corpus_family(corpus: str) -> str:
 
 
 def resolve_config(cfg: FuseConfig) -> FusionConfig:
+    """The model's config for the corpus, then `--set`, then the ablation switches (each error naming its option)."""
     entry = MODELS.get(cfg.model)
-    overrides = dict(cfg.settings)
+    switches = {}
     for ablation in cfg.ablations:
         name, sep, value = ablation.partition("=")
         if name not in entry.config_class.ablations:
             known = ", ".join(sorted(entry.config_class.ablations)) or "none"
             raise MerError(f"--ablation {ablation!r}: {cfg.model} has no ablation {name!r}; its ablations: {known}")
-        overrides[name] = value if sep else "true"
-    return make_config(cfg.model, corpus_family(cfg.corpus), **overrides)
+        switches[name] = value if sep else "true"
+    return apply_overrides(make_config(cfg.model, corpus_family(cfg.corpus), **cfg.settings), switches, "--ablation")
 
 
 def model_features(model: str, config: FusionConfig, corpus: str, settings: dict) -> dict:
@@ -146,11 +148,16 @@ def resolve_features(cache: FeatureCache, corpus: str, model: str, config: Fusio
     """Each feature as the cached config to read, of the granularity the model declares: the name as
     given when the cache holds one config of it, `name@hash` when one is picked among several. A
     missing feature, or one of another granularity, fails now with the command that makes it."""
-    resolved = {}
+    resolved, problems = {}, []
     for role, name in features.items():
         parts = name.split("+") if name else []
-        resolved[role] = "+".join(p.strip() if is_finetuned(p.strip()) else  # one config per fold: fold_features
-                                  pick_config(cache, corpus, model, config, role, p.strip()) for p in parts) or None
+        try:
+            resolved[role] = "+".join(p.strip() if is_finetuned(p.strip()) else  # one config per fold: fold_features
+                                      pick_config(cache, corpus, model, config, role, p.strip()) for p in parts) or None
+        except MerError as exc:  # both inputs' problems in one message, not one per attempt
+            problems.append(exc)
+    if problems:
+        raise type(problems[0])("; and ".join(str(p) for p in problems))
     return resolved
 
 
@@ -361,8 +368,9 @@ def grid_configs(cfg: FuseConfig, specs: list[str]) -> list[FuseConfig]:
     return list(configs.values())
 
 
-def read_ablation_grid(path: Path) -> list[str]:
-    """A grid file: one run per line, written as `--ablation` takes it; `#` starts a comment."""
+def read_ablation_grid(path: Path, cfg: Optional[FuseConfig] = None) -> list[str]:
+    """A grid file: one run per line, written as `--ablation` takes it; `#` starts a comment. With `cfg`,
+    each line is checked against its model now, an error naming the file and line."""
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -371,6 +379,12 @@ def read_ablation_grid(path: Path) -> list[str]:
     if not any(specs):
         raise MerError(f"{path}: no run in the ablation grid; write one per line, e.g. full, no_self or "
                        "no_awa+window=30")
+    for number, spec in enumerate(specs, 1):
+        try:
+            if spec and cfg is not None:
+                resolve_config(replace(cfg, ablations=ablation_switches(spec)))
+        except MerError as exc:
+            raise MerError(f"{path} line {number}: {exc}") from None
     return [spec for spec in specs if spec]
 
 
@@ -594,7 +608,8 @@ def _train_on_dask(tasks: list[tuple[PlannedRun, FoldJob]], cfg: FuseConfig, sav
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 (raised below, after the other folds)
-                log(f"[{_tag(run, job.fold)}] failed: {exc}")
+                same = failure is not None and str(exc) == str(failure)
+                log(f"[{_tag(run, job.fold)}] failed" + (": the same error" if same else f": {exc}"))
                 failure = failure or exc
                 continue
             log(f"[{_tag(run, result.fold)}] done: best epoch {result.best_epoch + 1}, test "
@@ -608,9 +623,19 @@ def _task_key(run: PlannedRun, job: FoldJob) -> str:
     return f"fuse-{job.model}-{_tag(run, job.fold)}-{uuid.uuid4().hex[:8]}"
 
 
+def _cache_seen_here(cache: Path) -> None:
+    """On a dask worker, a cache the client sees but this machine does not is said as such (the client
+    checked its own folder before sending any fold)."""
+    if not Path(cache).is_dir():
+        raise CacheError(f"{cache}: no such folder on {socket.gethostname()}, where this fold runs: the dask "
+                         "workers must see the cache at the client's absolute path (a shared file system); "
+                         "or train here, without --scheduler")
+
+
 def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -> FoldResult:
     """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
     log = log or (lambda line: None)
+    _cache_seen_here(job.cache)
     job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
     if job.loader_workers is not None:
         check_can_fork_workers(job.loader_workers)

@@ -258,18 +258,19 @@ def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:
     return gamma if epoch >= math.ceil(fraction * max_epochs) else 1.0
 
 
-def apply_overrides(config: FusionConfig, overrides: dict) -> FusionConfig:
-    """`replace` with checked names; strings from the command line take the field's type."""
+def apply_overrides(config: FusionConfig, overrides: dict, option: str = "--set") -> FusionConfig:
+    """`replace` with checked names; strings from the command line take the field's type. `option`:
+    the command-line option the overrides came from, for the messages."""
     known = {f.name: f for f in fields(config)}
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise MerError(f"unknown option(s) {', '.join(unknown)} for {type(config).__name__}; "
-                       f"known: {', '.join(sorted(known))}")
-    return replace(config, **{name: _coerce(name, known[name].type, getattr(config, name), value)
+        raise MerError(f"{option} {', '.join(unknown)}: no such option of this model; its options: "
+                       f"{', '.join(sorted(known))}")
+    return replace(config, **{name: _coerce(name, known[name].type, getattr(config, name), value, option)
                               for name, value in overrides.items()})
 
 
-def _coerce(name: str, annotation, current, value):
+def _coerce(name: str, annotation, current, value, option: str = "--set"):
     """A command-line string as the field's declared type (`Optional[int]` -> int or None)."""
     if not isinstance(value, str):
         return value
@@ -279,7 +280,7 @@ def _coerce(name: str, annotation, current, value):
         return value
     if kind == "bool":
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise MerError(f"--set {name}={value}: {name} expects a boolean (true or false)")
+            raise MerError(f"{option} {name}={value}: {name} expects a boolean (true or false)")
         return value.lower() in ("true", "1", "yes")
     if value.lower() in ("none", "null"):
         return None
@@ -288,7 +289,7 @@ def _coerce(name: str, annotation, current, value):
             return int(value) if kind == "int" else float(value)
         except ValueError:
             expected = "an integer" if kind == "int" else "a number"
-            raise MerError(f"--set {name}={value}: {name} expects {expected}, e.g. --set {name}={current}") from None
+            raise MerError(f"{option} {name}={value}: {name} expects {expected}, e.g. {option} {name}={current}") from None
     try:
         return json.loads(value)  # dicts, lists
     except json.JSONDecodeError:
