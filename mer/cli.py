@@ -214,8 +214,9 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--workers", default=1, show_default=True, help="Folds in parallel on a local dask cluster.")
 @click.option("--scheduler", metavar="ADDR", help="Train the folds on an existing dask.distributed scheduler "
               "(tcp://host:8786); its workers must read --cache at the same path.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<model>-<corpus>-...). "
-              "The same command again resumes the run there; a different run there is refused.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: a new "
+              "runs/<model>-<corpus>-<protocol>-<time> each time). The same command with the same --out resumes the "
+              "run there (an interrupted run prints that command); a different run there is refused.")
 @click.option("--overwrite", is_flag=True, help="Remove a different run found in --out, then train this one.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True,

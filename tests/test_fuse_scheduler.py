@@ -114,6 +114,17 @@ def test_a_grid_is_checked_before_any_run_directory_is_written(cache, tmp_path):
                                       "or no_awa+window=30")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--scheduler", "127.0.0.1:8799x"), "--scheduler 127.0.0.1:8799x: not a dask address"),
+    (("--scheduler", "tcp://127.0.0.1:8799", "--workers", "2"),
+     "--workers 2 with --scheduler tcp://127.0.0.1:8799: the scheduler's workers train the folds; pass one of the two"),
+])
+def test_a_bad_scheduler_is_refused_before_the_run_directory_is_written(cache, tmp_path, extra, message):
+    result = fuse(cache, tmp_path / "run", *extra)
+    assert isinstance(result.exception, MerError) and str(result.exception).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
 def test_ablation_specs_name_the_papers_rows_and_the_resume_command_repeats_them():
     assert ablation_switches("no_awa+window=30") == ["no_awa", "window=30"]
     assert ablation_switches("full") == [] and ablation_name([]) == "full"

@@ -139,6 +139,24 @@ def test_a_killed_run_resumes_without_retraining_finished_folds(cache, tmp_path)
             sha256_file(reference / "checkpoints" / f"{fold}.safetensors")
 
 
+INTERRUPT_AT_SES02 = KILL_AT_SES02.replace("os.kill(os.getpid(), signal.SIGKILL)", "raise KeyboardInterrupt")
+
+
+def test_an_interrupted_run_prints_the_command_that_resumes_it(cache, tmp_path):
+    out = tmp_path / "run"
+    args = fuse_args(cache, out, "--set", "max_epochs=2", *THREE_FOLDS)
+    interrupted = subprocess.run([sys.executable, "-c", INTERRUPT_AT_SES02, *args], capture_output=True, text=True,
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert interrupted.returncode == 130 and "Traceback" not in interrupted.stderr
+    line = next(line for line in interrupted.stdout.splitlines() if line.startswith("interrupted:"))
+    assert line.startswith(f"interrupted: 1 of 3 fold(s) saved in {out}; resume with mer fuse ")
+    command = shlex.split(line.split("resume with ", 1)[1])
+    assert command[command.index("--out") + 1] == str(out)
+    resumed = mer(*command[1:])
+    assert resumed.exception is None, resumed.output
+    assert "[Ses01] complete" in resumed.output and "[Ses02] epoch 2/2" in resumed.output
+
+
 def without_seconds(history_path: Path) -> dict:
     return {fold: [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in epochs]
             for fold, epochs in json.loads(history_path.read_text()).items()}

@@ -31,7 +31,7 @@ from mer.cache.corpus import extract_command
 from mer.cache.layout import existing_cache_folder
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import find_text_source, read_wer
-from mer.cluster import check_can_fork_workers, daemonic, dask_client
+from mer.cluster import check_can_fork_workers, check_scheduler_address, daemonic, dask_client
 from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
@@ -269,13 +269,23 @@ def run_all(cfgs: list[FuseConfig], log: Callable[[str], None] = print,
 
     for run in runs:
         finish_if_complete(run)
-    _train([(run, job) for run in runs for job in run.jobs], cfgs[0], saved, log)
+    try:
+        _train([(run, job) for run in runs for job in run.jobs], cfgs[0], saved, log)
+    except KeyboardInterrupt:
+        for run in (run for run in runs if run.report is None):
+            log(f"interrupted: {len(run.done)} of {len(run.folds)} fold(s) saved in {run.run_dir}; resume with "
+                f"{fuse_command(run.run_config, run.run_dir)}")
+        raise
     return [run.report for run in runs]
 
 
 def _trainer_here(cfg: FuseConfig, log) -> TrainerConfig:
     """The device resolved here, before any work, unless a scheduler's workers train (each resolves its own)."""
     if cfg.scheduler:
+        check_scheduler_address(cfg.scheduler)
+        if cfg.workers > 1:
+            raise MerError(f"--workers {cfg.workers} with --scheduler {cfg.scheduler}: the scheduler's workers train "
+                           "the folds; pass one of the two")
         return cfg.trainer
     device = resolve_device(cfg.trainer.device)
     note = cpu_note(device, "training")
