@@ -15,6 +15,7 @@ from typing import Optional
 import click
 
 from mer import __version__
+from mer.cache.layout import existing_cache_folder
 from mer.errors import MerError
 
 
@@ -334,7 +335,7 @@ def cache_ls(root, as_json) -> None:
     """List corpora and features in a cache."""
     from mer.cache.reader import FeatureCache
 
-    fc = FeatureCache(_cache_folder(root))
+    fc = FeatureCache(existing_cache_folder(root))
     rows = [{"corpus": f.corpus, "feature": f.name, "config_hash": f.config_hash, "utterances": f.num_utterances,
              "failures": f.num_failures, "shards": f.num_shards, "dims": list(f.spec.row_shape),
              "granularity": f.spec.granularity, "bytes": _size(f.directory),
@@ -352,13 +353,6 @@ def cache_ls(root, as_json) -> None:
                       if r["ignored_spec_keys"] else ""))
 
 
-def _cache_folder(root: Path) -> Path:
-    if not Path(root).is_dir():
-        what = "is a file, not a cache folder" if Path(root).exists() else "no such folder"
-        raise MerError(f"{root}: {what}; give the --cache folder of `mer extract`")
-    return root
-
-
 def _size(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob("shard-*.h5"))
 
@@ -372,7 +366,7 @@ def cache_info(root, corpus, feature, as_json) -> None:
     """Describe features: spec, dims, layers, model, counts and failures."""
     from mer.cache.reader import FeatureCache
 
-    fc = FeatureCache(_cache_folder(root))
+    fc = FeatureCache(existing_cache_folder(root))
     corpora = [fc.corpus(corpus)] if corpus else fc.corpora()
     infos = [fc.find(c, feature) for c in corpora] if feature else [f for c in corpora for f in fc.features(c)]
     out = [_info_dict(fc, info) for info in infos]
@@ -417,7 +411,7 @@ def cache_verify(root, corpus, feature, as_json, strict, repair) -> None:
     """Recompute checksums; check records, links, coverage, dims, NaN/Inf, duplicates. Exit 1 on any problem."""
     from mer.cache.verify import verify_cache
 
-    reports = verify_cache(_cache_folder(root), corpus, feature, repair)
+    reports = verify_cache(existing_cache_folder(root), corpus, feature, repair)
     bad = [r for r in reports if not r.ok or (strict and r.failed)]
     if as_json:
         click.echo(json.dumps({"ok": not bad, "features": [{**r.__dict__, "ok": r.ok} for r in reports]}, indent=1))
@@ -488,7 +482,7 @@ def list_models(cache, corpus) -> None:
     from mer.fuse.run import model_features
 
     if cache:
-        _cache_folder(cache)
+        existing_cache_folder(cache)
     for name in model_names():
         config, demo_config = MODELS.get(name).config_class(), make_config(name, "demo")
         paper = _pair(model_features(name, config, "paper", {}), config)

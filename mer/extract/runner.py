@@ -27,7 +27,7 @@ from mer.cache.layout import CORPUS_MANIFEST, check_cache_path
 from mer.cache.locks import FolderRemoved
 from mer.cache.transcripts import Transcripts, read_transcripts
 from mer.cache.writer import Claim, FeatureWriter, write_temp_shard
-from mer.cluster import dask_client
+from mer.cluster import check_scheduler_address, dask_client
 from mer.data.audio import SAMPLE_RATE
 from mer.data.corpora import prepare
 from mer.data.decoding import DecodePool, decode_utterances
@@ -349,6 +349,7 @@ def extract(config: ExtractConfig, on_report: Optional[Callable[[CorpusReport], 
 def _placed(config: ExtractConfig) -> ExtractConfig:
     """The device resolved here, before any work, unless the work runs on a scheduler's workers."""
     if config.scheduler:
+        check_scheduler_address(config.scheduler)
         return config
     device = resolve_device(config.device)
     note = cpu_note(device, "extracting")
