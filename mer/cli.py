@@ -7,6 +7,7 @@ that is damaged or changed under the command (each a one-line error naming the f
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -187,6 +188,20 @@ def _workers(ctx, param, value: str) -> Optional[int]:
     return int(value)
 
 
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)i?b?", re.IGNORECASE)
+
+
+def _bytes(ctx, param, value: Optional[str]) -> Optional[int]:
+    """--preload-budget (a click callback): 512MiB, 2GiB, 0 (always stream) -> bytes; None: the default."""
+    if value is None:
+        return None
+    match = SIZE.fullmatch(value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r}: give a size such as 512MiB, 2GiB or 0 (always stream)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmg".index(unit.lower() or " "))
+
+
 def _key_values(settings: tuple[str, ...], flag: str) -> dict:
     out = {}
     for setting in settings:
@@ -226,8 +241,11 @@ def _key_values(settings: tuple[str, ...], flag: str) -> dict:
 @click.option("--loader-workers", default="auto", show_default=True, callback=_workers,
               help="DataLoader worker processes per fold; auto: 1 when a fold streams its inputs from the cache "
                    "(too large to preload) in batches of 4 MiB or more, else 0.")
+@click.option("--preload-budget", callback=_bytes, metavar="SIZE",
+              help="Memory the folds running at once may use to preload their features (512MiB, 4GiB; 0: always "
+                   "stream from the cache; default PRELOAD_BYTES, docs/cache.md).")
 def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, protocol_options, folds, workers,
-         scheduler, out, overwrite, seed, device, class_weights, loader_workers) -> None:
+         scheduler, out, overwrite, seed, device, class_weights, loader_workers, preload_budget) -> None:
     """Train and evaluate a fusion model on every fold of a protocol, from the cache alone."""
     from mer.fuse.run import FuseConfig, ablation_switches, read_ablation_grid, run_ablation_grid, run_fuse
     from mer.fuse.trainer import TrainerConfig
@@ -238,6 +256,8 @@ def fuse(model, corpus, cache, protocol, settings, ablations, ablation_grid, pro
                         scheduler=scheduler, folds=folds.split(",") if folds else None,
                         trainer=TrainerConfig(device=device, seed=seed, class_weights=class_weights),
                         loader_workers=loader_workers)
+    if preload_budget is not None:
+        config = replace(config, preload_budget=preload_budget)
     specs = list(ablations) + (read_ablation_grid(ablation_grid, config) if ablation_grid else [])
     if ablation_grid or len(specs) > 1:
         run_ablation_grid(config, specs, _fuse_log)

@@ -207,3 +207,17 @@ def test_a_fold_on_a_machine_that_does_not_see_the_cache_says_so(tmp_path):
                                          "the cache at the client's absolute path"):
         _cache_seen_here(tmp_path / "only-on-the-client")
     _cache_seen_here(tmp_path)
+
+
+@pytest.mark.parametrize("budget, how", [("0", "each fold reads them in pools of whole shards"),
+                                         ("1GiB", "each fold reads them into memory once")])
+def test_preload_budget_decides_whether_a_fold_streams(demo_cache, tmp_path, budget, how):
+    result = fuse(demo_cache, tmp_path / "run", "concat", "--preload-budget", budget)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert how in result.output and "preload budget per fold" in result.output
+
+
+def test_preload_budget_takes_a_size(tmp_path):
+    result = CliRunner().invoke(cli, ["fuse", "--model", "concat", "--dataset", "demo", "--cache", str(tmp_path),
+                                      "--preload-budget", "lots"])
+    assert result.exit_code == 2 and "'lots': give a size such as 512MiB, 2GiB or 0 (always stream)" in result.output
