@@ -250,8 +250,8 @@ def run_all(cfgs: list[FuseConfig], log: Callable[[str], None] = print,
     """Runs of one command (same cache, corpus, workers): every run is checked before any directory is
     touched; their folds train as one pool of (run, fold) tasks; each fold is saved as it finishes and each
     run's report written when its last fold is in."""
-    existing_cache_folder(cfgs[0].cache)
     trainer = _trainer_here(cfgs[0], log)
+    existing_cache_folder(cfgs[0].cache)
     cfgs = [replace(cfg, trainer=trainer) for cfg in cfgs]
     cache = FeatureCache(cfgs[0].cache)
     runs = [_plan(cfg, cache, cfg.out.name if labelled else "") for cfg in cfgs]
