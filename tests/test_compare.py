@@ -92,6 +92,9 @@ def test_one_fold_protocol_shows_no_std_and_tests_per_utterance_correctness(runs
     assert comparison["n"] == 8 and comparison["tests"][0]["name"] == "McNemar's exact test"
     text = compare(root / "linear-demo", root / "audio-only-demo", "--out", tmp_path).output
     assert "+/-" not in text and "McNemar's exact test: p = " in text
+    # The table's metric is UA; McNemar pairs right/wrong per utterance: the header says what it tests.
+    assert "paired tests on which test utterances each run got right (accuracy)" in text
+    assert "paired tests on test ua" not in text
 
 
 def test_runs_on_another_protocol_are_refused_unless_allowed(runs, tmp_path):

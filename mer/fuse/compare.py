@@ -310,7 +310,10 @@ def format_comparison(document: dict) -> str:
     lines += [f"protocol {facts}" for facts in document["protocols"].values()]
     lines += [f"compared anyway ({ALLOW}): {line}" for line in document["mismatches"]]
     if document["comparisons"]:
-        lines.append(f"paired tests on test {document['metric']}, each run against {document['runs'][0]['run']}:")
+        # McNemar pairs utterances, right or wrong: what it tests is accuracy, whatever the table's metric.
+        by_folds = any(c["unit"] == "folds" for c in document["comparisons"])
+        tested = f"test {document['metric']}" if by_folds else "which test utterances each run got right (accuracy)"
+        lines.append(f"paired tests on {tested}, each run against {document['runs'][0]['run']}:")
         lines += [line for comparison in document["comparisons"] for line in _comparison_lines(comparison)]
     lines.append(f"plot: {document['plot']}")
     return "\n".join(lines)
