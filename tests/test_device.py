@@ -87,3 +87,28 @@ def test_fuse_on_cpu_while_cuda_is_there_says_so(gpu, tmp_path):
     remote = FuseConfig(model="concat", corpus="demo", cache=tmp_path, trainer=TrainerConfig(device="auto"),
                         scheduler="tcp://host:8786")
     assert _trainer_here(remote, lines.append).device == "auto" and len(lines) == 1
+
+
+def test_a_fold_on_a_schedulers_worker_reports_cpu_beside_a_gpu_to_the_client(demo_root, tmp_path, monkeypatch):
+    """A worker has no log: its note travels back with the fold's result, the client prints it."""
+    from dataclasses import replace
+
+    from mer.cache.reader import FeatureCache
+    from mer.data.protocols import make_folds
+    from mer.fuse.models import tiny_config
+    from mer.fuse.run import FoldJob, train_one_fold
+
+    cache = tmp_path / "cache"
+    assert invoke("extract", "--dataset", "demo", "--set", "corpus.size=40", "--root", str(demo_root), "--features",
+                  "mfcc40,minilm-l6", "--cache", str(cache), "--no-progress").exit_code == 0
+    corpus = "demo-n40-s0"
+    fold_set = make_folds("demo", FeatureCache(cache).utterances(corpus))
+    job = FoldJob("concat", replace(tiny_config("concat"), max_epochs=1), TrainerConfig(device="cpu"), cache, corpus,
+                  {"audio": "mfcc40", "text": "minilm-l6"}, fold_set, fold_set.folds[0].name, True, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_one_fold(job, None).notes == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    notes = train_one_fold(job, None).notes
+    assert len(notes) == 1 and notes[0].endswith("training on CPU although CUDA is available: pass --device cuda "
+                                                 "(or auto, the default) to use it")
+    assert train_one_fold(job, lambda line: None).notes == []  # in the client's process: said before training

@@ -624,6 +624,8 @@ def _train_on_dask(tasks: list[tuple[PlannedRun, FoldJob]], cfg: FuseConfig, sav
                 continue
             log(f"[{_tag(run, result.fold)}] done: best epoch {result.best_epoch + 1}, test "
                 + " ".join(f"{k}={v:.4f}" for k, v in result.test.items() if isinstance(v, float)))
+            for note in result.notes if cfg.scheduler else ():  # a local cluster's: said once before training
+                log(f"[{_tag(run, result.fold)}] {note}")
             saved(run, result)
     if failure is not None:
         raise failure
@@ -644,7 +646,7 @@ def _cache_seen_here(cache: Path) -> None:
 
 def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -> FoldResult:
     """One fold, here or on a dask worker (which resolves `--device auto` to its own device)."""
-    log = log or (lambda line: None)
+    on_worker, log = log is None, log or (lambda line: None)
     _cache_seen_here(job.cache)
     job = replace(job, trainer=replace(job.trainer, device=resolve_device(job.trainer.device)))
     if job.loader_workers is not None:
@@ -684,6 +686,9 @@ def train_one_fold(job: FoldJob, log: Optional[Callable[[str], None]] = print) -
                         train_size=len(data.ids["train"]), refit_size=len(data.ids["train"]) + len(data.ids["dev"]),
                         dimensions=data.dimensions, target_scale=data.target_scale)
     result.norm_stats = data.norm_stats
+    # On a scheduler's worker (no log here): an explicit --device cpu beside its GPU, said on the client.
+    result.notes = [f"on {socket.gethostname()}: {note}"] if on_worker and (note := cpu_note(
+        job.trainer.device, "training")) else []
     return result
 
 

@@ -72,6 +72,7 @@ class FoldResult:
     test_predictions: Predictions
     state_dict: dict = field(repr=False, default_factory=dict)
     norm_stats: object = None  # the fold's mer.fuse.data.NormStats, saved with the run
+    notes: list[str] = field(default_factory=list)  # lines for the client's log from where the fold ran
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
