@@ -141,8 +141,8 @@ def test_a_feature_of_the_other_modality_is_refused(root, model, role, feature):
     with pytest.raises(MerError) as refused:
         resolve(root, model, **{f"{role}_feature": feature})
     message = str(refused.value)
-    other = "text" if role == "audio" else "audio"
-    assert f"{feature} is a {other} feature, given as {model}'s {role} input" in message and "\n" not in message
+    other = "a text" if role == "audio" else "an audio"
+    assert f"{feature} is {other} feature, given as {model}'s {role} input" in message and "\n" not in message
     key, value = message.split("read one that is cached: --set ", 1)[1].split()[0].split("=", 1)
     assert resolve(root, model, **{key: value})[role] == value
 

@@ -171,8 +171,8 @@ def pick_config(cache: FeatureCache, corpus: str, model: str, config: FusionConf
                          f"{_without_audio(cache, corpus, role)}run {extract_command(cache.root, corpus, name, fix)}"
                          f"{_cached_instead(cache, corpus, role, accepted)}")
     if all(f.spec.reads != role for f in found):
-        raise MerError(f"{cache.root / corpus}: {name} is a {found[0].spec.reads} feature, given as {model}'s {role} "
-                       f"input; pass --set {role}_feature=NAME with a {role} feature"
+        raise MerError(f"{cache.root / corpus}: {name} is {A_MODALITY[found[0].spec.reads]} feature, given as "
+                       f"{model}'s {role} input; pass --set {role}_feature=NAME with {A_MODALITY[role]} feature"
                        f"{_cached_instead(cache, corpus, role, accepted)}")
     ranked = [[f for f in found if f.spec.granularity == g] for g in accepted] if accepted else [found]
     fitting = next((group for group in ranked if group), None)
@@ -194,6 +194,9 @@ def _cached_instead(cache: FeatureCache, corpus: str, role: str, accepted: list)
         return ""
     return f", or read one that is cached: --set {role}_feature={names[0]}" + \
         (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
+
+
+A_MODALITY = {"audio": "an audio", "text": "a text"}
 
 
 def _without_audio(cache: FeatureCache, corpus: str, role: str) -> str:
