@@ -503,6 +503,9 @@ def list_models(cache, corpus) -> None:
 
     if cache:
         existing_cache_folder(cache)
+    if bool(cache) != bool(corpus):
+        given, missing = ("--cache", "--dataset CORPUS") if cache else ("--dataset", "--cache DIR")
+        raise click.UsageError(f"{given} needs {missing} too: the corpus is looked up in the cache")
     for name in model_names():
         config, demo_config = MODELS.get(name).config_class(), make_config(name, "demo")
         paper = _pair(model_features(name, config, "paper", {}), config)

@@ -128,6 +128,14 @@ def test_list_models_missing_cache_folder(tmp_path):
     assert_one_line_error(proc, "nosuch", "no such folder")
 
 
+@pytest.mark.parametrize("given", [("--cache", "CACHE"), ("--dataset", "meld")])
+def test_list_models_cache_and_dataset_go_together(tmp_path, given):
+    option, value = given
+    proc = mer("list", "models", option, tmp_path if value == "CACHE" else value)
+    missing = "--dataset CORPUS" if option == "--cache" else "--cache DIR"
+    assert_one_line_error(proc, f"{option} needs {missing} too")
+
+
 # ---- 6: wording --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value", [("granularity", "bogus"), ("pool", "max"), ("max_tokens", "1"),
