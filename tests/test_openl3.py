@@ -251,7 +251,7 @@ def test_weights_that_do_not_fit_are_one_line_errors(weights_dir, tmp_path):
 def test_bad_options_and_audio_are_clear_errors(weights_dir):
     assert "unknown option" in one_line_error(lambda: build_extractor("openl3-512", embedding_size=6144))
     assert "input_repr must be" in one_line_error(lambda: build_extractor("openl3-512", input_repr="mel64"))
-    assert "expected true or false" in one_line_error(lambda: build_extractor("openl3-512", center="maybe"))
+    assert "center='maybe' must be a boolean (true or false)" in one_line_error(lambda: build_extractor("openl3-512", center="maybe"))
     extractor = build_extractor("openl3-512", weights=str(weights_dir))
     assert "test/u0: " in one_line_error(lambda: extractor._resampled(items_of(np.zeros(0, np.float32))[0]))
 

@@ -201,3 +201,10 @@ def test_broken_config_is_an_error_not_a_crash(is09_copy):
     is09_copy.write_text(is09_copy.read_text().replace("writer.dmLevel = func", "writer.dmLevel = other"))
     with pytest.raises(MerError, match=rf"{is09_copy}: openSMILE cannot run this config at level 'func'"):
         build_extractor(f"opensmile-conf:{is09_copy}")
+
+
+def test_min_seconds_from_the_command_line_is_a_number():
+    assert build_extractor("opensmile-egemaps", min_seconds="0.2").spec.config_hash == \
+        build_extractor("opensmile-egemaps", min_seconds=0.2).spec.config_hash
+    with pytest.raises(MerError, match="min_seconds='short' must be a number"):
+        build_extractor("opensmile-egemaps", min_seconds="short")

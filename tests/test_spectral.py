@@ -181,3 +181,15 @@ def test_cuda_equals_cpu():
     gpu.load("cuda")
     for a, b in zip(cpu.extract(items_of(SIGNALS)), gpu.extract(items_of(SIGNALS))):
         assert np.abs(a - b).max() < MEL_TOL
+
+
+@pytest.mark.parametrize("name, strings, values", [
+    ("mfcc40", {"n_mels": "40", "n_mfcc": "20"}, {"n_mels": 40, "n_mfcc": 20}),
+    ("logmfb80-d2", {"fmax": "8000", "center": "false", "top_db": "none"}, {"fmax": 8000.0, "center": False,
+                                                                           "top_db": None}),
+])
+def test_command_line_strings_take_the_options_types(name, strings, values):
+    """`--set mfcc40.n_mels=40` (docs/cli.md's own example) arrives as strings: the same config as Python values."""
+    assert build_extractor(name, **strings).spec.config_hash == build_extractor(name, **values).spec.config_hash
+    with pytest.raises(MerError, match=f"{name}: n_mels='lots' must be an integer \\(e.g. --set {name}.n_mels="):
+        build_extractor(name, n_mels="lots")

@@ -3,7 +3,7 @@ a name may carry an argument after a colon (`hf-audio:/models/wavlm`, `opensmile
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from mer.cache.spec import CACHE_FORMAT_VERSION, GRANULARITIES, MODALITIES, FeatureSpec  # noqa: F401
 from mer.data.utterance import Utterance
 from mer.errors import MerError
+from mer.options import OptionTypeError, typed_value
 from mer.registry import Registry
 
 @dataclass
@@ -50,6 +51,22 @@ def check_options(name: str, options: dict, known: set, error: type[MerError]) -
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise error(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def with_options(name: str, preset, options: dict, error: type[MerError], fixed: tuple[str, ...] = ()):
+    """`preset` (a dataclass of an extractor's options) with `options` (`--set NAME.KEY=VALUE` strings or
+    Python values) of the fields' types; an unknown, fixed (`fixed`: set by the name) or mistyped
+    option is one line."""
+    known = {f.name: f for f in fields(preset) if f.name not in fixed}
+    check_options(name, options, set(known), error)
+    typed = {}
+    for key, value in options.items():
+        try:
+            typed[key] = typed_value(known[key].type, value)
+        except OptionTypeError as wrong:
+            raise error(f"{name}: {key}={value!r} must be {wrong.expected} (e.g. --set {name}.{key}="
+                        f"{getattr(preset, key)})") from None
+    return replace(preset, **typed)
 
 
 def check_all(checks: dict[str, bool], what: str, error: type[MerError]) -> None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -60,7 +60,7 @@ from torch import nn
 
 from mer.errors import MerError
 from mer.hashing import sha256_file
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, with_options
 
 INPUT_SAMPLE_RATE = 16000  # ExtractItem.audio
 MODEL_SAMPLE_RATE = 48000  # openl3 core.py TARGET_SR
@@ -424,30 +424,11 @@ PRESETS = {
     "openl3-512-mean": OpenL3Config(embedding_size=512, pool="mean"),
     "openl3-6144-mean": OpenL3Config(embedding_size=6144, pool="mean"),
 }
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def coerce_option(name: str, value, default):
-    """Command-line options arrive as strings: give them the type of the preset's value."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    if isinstance(default, bool):
-        if value.lower() not in TRUE_WORDS + FALSE_WORDS:
-            raise OpenL3Error(f"openl3 option {name}={value!r}: expected true or false")
-        return value.lower() in TRUE_WORDS
-    try:
-        return type(default)(value)
-    except ValueError:
-        raise OpenL3Error(f"openl3 option {name}={value!r}: expected a {type(default).__name__}") from None
 
 
 def build_openl3(name: str, preset: OpenL3Config, **options) -> OpenL3Extractor:
-    known = {f.name for f in fields(OpenL3Config)} - {"embedding_size"}  # the size is part of the name
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise OpenL3Error(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    typed = {key: coerce_option(key, value, getattr(preset, key)) for key, value in options.items()}
-    return OpenL3Extractor(name, replace(preset, **typed))
+    # the embedding size is part of the name
+    return OpenL3Extractor(name, with_options(name, preset, options, OpenL3Error, ("embedding_size",)))
 
 
 for _name, _preset in PRESETS.items():

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -51,7 +51,7 @@ from typing import Optional
 import numpy as np
 
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, with_options
 from mer.extract.interrupts import interrupts_deferred
 
 SAMPLE_RATE = 16000
@@ -86,11 +86,7 @@ class OpenSmileOptions:
 
 
 def parse_options(name: str, options: dict, **fixed) -> OpenSmileOptions:
-    known = {f.name for f in fields(OpenSmileOptions)} - set(fixed)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise OpenSmileError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return replace(OpenSmileOptions(), **options, **fixed)
+    return replace(with_options(name, OpenSmileOptions(), options, OpenSmileError, tuple(fixed)), **fixed)
 
 
 def opensmile_version() -> str:

@@ -33,7 +33,7 @@ frames (max abs diff 4e-5 for MFCC, 1e-6 for logmfb, from batched FFT rounding).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Optional
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from mer.errors import MerError
-from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec
+from mer.extract.base import EXTRACTORS, ExtractItem, Extractor, FeatureSpec, with_options
 
 LOG_TYPES = ("db", "ln")
 # The STFT runs over blocks of this many frames: its complex output and power spectrum are 10x
@@ -343,11 +343,7 @@ class SpectralExtractor(Extractor):
 
 
 def build_spectral(name: str, preset: SpectralConfig, options: dict) -> SpectralExtractor:
-    known = {f.name for f in fields(SpectralConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise SpectralError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return SpectralExtractor(name, replace(preset, **options))
+    return SpectralExtractor(name, with_options(name, preset, options, SpectralError))
 
 
 @EXTRACTORS.register("mfcc40")

@@ -52,7 +52,6 @@ another with the `mer extract` command that makes the right one. The papers' cho
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable, ClassVar, Optional
@@ -61,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mer.errors import MerError
+from mer.options import OptionTypeError, typed_value
 from mer.registry import Registry
 
 SAMPLE_UNITS = ("utterance", "dialogue")
@@ -272,28 +272,11 @@ def apply_overrides(config: FusionConfig, overrides: dict, option: str = "--set"
 
 def _coerce(name: str, annotation, current, value, option: str = "--set"):
     """A command-line string as the field's declared type (`Optional[int]` -> int or None)."""
-    if not isinstance(value, str):
-        return value
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    kind = kind.removeprefix("Optional[").removesuffix("]")
-    if kind == "str":
-        return value
-    if kind == "bool":
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise MerError(f"{option} {name}={value}: {name} expects a boolean (true or false)")
-        return value.lower() in ("true", "1", "yes")
-    if value.lower() in ("none", "null"):
-        return None
-    if kind in ("int", "float"):
-        try:
-            return int(value) if kind == "int" else float(value)
-        except ValueError:
-            expected = "an integer" if kind == "int" else "a number"
-            raise MerError(f"{option} {name}={value}: {name} expects {expected}, e.g. {option} {name}={current}") from None
     try:
-        return json.loads(value)  # dicts, lists
-    except json.JSONDecodeError:
-        return value
+        return typed_value(annotation, value)
+    except OptionTypeError as wrong:
+        example = f", e.g. {option} {name}={current}" if wrong.numeric else ""
+        raise MerError(f"{option} {name}={value}: {name} expects {wrong.expected}{example}") from None
 
 
 def accepted_granularities(config: FusionConfig, role: str) -> tuple[str, ...]:
