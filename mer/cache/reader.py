@@ -28,7 +28,7 @@ import numpy as np
 from mer.cache.corpus import extract_command
 from mer.cache.layout import CORPUS_MANIFEST, MANIFEST_FILE, SPEC_FILE
 from mer.cache.manifest import read_manifest
-from mer.cache.shard import ShardReader
+from mer.cache.shard import IdNotStored, ShardReader
 from mer.data.utterance import Utterance, read_utterances
 from mer.errors import CacheError
 from mer.cache.spec import FeatureSpec
@@ -61,13 +61,13 @@ class _OpenShards:
         self._open: OrderedDict[tuple[int, str, int], ShardReader] = OrderedDict()
         self._inherited: list = []
 
-    def get(self, key: tuple[int, str, int], path: Path) -> ShardReader:
-        """The handle of (store, file, chunk cache bytes), opened with that chunk cache if it is not open."""
+    def get(self, key: tuple[int, str, int], store: "FeatureStore") -> ShardReader:
+        """The handle of (store, file, chunk cache bytes), opened by `store` with that chunk cache if it is not open."""
         reader = self._open.get(key)
         if reader is not None:
             self._open.move_to_end(key)
             return reader
-        reader = ShardReader(path, chunk_cache_bytes=key[2])
+        reader = store.open_shard(key[1], chunk_cache_bytes=key[2])
         self._open[key] = reader
         if len(self._open) > self.budget:
             self._open.popitem(last=False)[1].close()
@@ -180,6 +180,7 @@ class FeatureStore:
         self.manifest = read_manifest(self.directory)
         self.spec = FeatureSpec.from_dict(self.manifest["spec"])
         self._shard_of = {utt_id: shard["file"] for shard in self.manifest["shards"] for utt_id in shard["ids"]}
+        self._ids_of = {shard["file"]: shard["ids"] for shard in self.manifest["shards"]}
 
     @property
     def failures(self) -> dict[str, str]:
@@ -193,11 +194,11 @@ class FeatureStore:
         return [shard["file"] for shard in self.manifest["shards"]]
 
     def shard_of(self, utt_id: str) -> str:
-        """The shard file holding `utt_id` (KeyError naming why when none does)."""
+        """The shard file holding `utt_id` (IdNotStored, a KeyError, naming why when none does)."""
         if utt_id not in self._shard_of:
             reason = self.failures.get(utt_id)
-            detail = f"extraction failed: {reason}" if reason else "not extracted"
-            raise KeyError(f"{utt_id}: {detail} ({self.directory})")
+            detail = f"its extraction failed: {reason}" if reason else "not extracted"
+            raise IdNotStored(f"{self.directory}: {self.spec.name} holds no utterance {utt_id!r} ({detail})")
         return self._shard_of[utt_id]
 
     def __contains__(self, utt_id: str) -> bool:
@@ -231,7 +232,7 @@ class FeatureStore:
 
     def iter_shards(self) -> Iterator[tuple[str, ShardReader]]:
         for shard in self.manifest["shards"]:
-            reader = ShardReader(self.directory / shard["file"])
+            reader = self.open_shard(shard["file"])
             try:
                 yield shard["file"], reader
             finally:
@@ -247,7 +248,11 @@ class FeatureStore:
         return array[0] if self.spec.granularity == "utterance" else array
 
     def _shard(self, file: str, chunk_cache_bytes: int = HANDLE_CHUNK_CACHE) -> ShardReader:
-        return _OPEN_SHARDS.get((self._number, file, chunk_cache_bytes), self.directory / file)
+        return _OPEN_SHARDS.get((self._number, file, chunk_cache_bytes), self)
+
+    def open_shard(self, file: str, chunk_cache_bytes: Optional[int] = None) -> ShardReader:
+        """A new reader of `file`, refused (one line) unless the ids it holds are those the manifest records."""
+        return ShardReader(self.directory / file, chunk_cache_bytes, expected_ids=self._ids_of[file])
 
     def close(self) -> None:
         _OPEN_SHARDS.close(self._number)

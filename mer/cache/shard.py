@@ -123,10 +123,12 @@ class ShardReader:
     A damaged chunk (fletcher32), a truncated file or a member that points outside the file is a
     one-line CacheError naming the shard and the repair, never a wrong value."""
 
-    def __init__(self, path: Path, chunk_cache_bytes: Optional[int] = None):
+    def __init__(self, path: Path, chunk_cache_bytes: Optional[int] = None,
+                 expected_ids: Optional[list[str]] = None):
         """`chunk_cache_bytes`: the file's HDF5 chunk cache (HDF5's default when None: 1 MiB in 1.x,
         8 MiB in 2.x); a handle kept open for reads by id sets it, so memory does not depend on the
-        HDF5 version."""
+        HDF5 version. `expected_ids`: the manifest's record of this shard; the ids the file holds
+        (which no checksum covers) must be exactly these, checked once here, not per read."""
         self.path = Path(path)
         cache = {} if chunk_cache_bytes is None else {"rdcc_nbytes": chunk_cache_bytes}
         try:
@@ -136,7 +138,10 @@ class ShardReader:
         try:
             self.ids, self.offsets, self.index = self._layout()
             self._data = self._file["data"]  # looked up once: h5py's lookup costs more than a small read
-        except (OSError, KeyError) as exc:
+            if expected_ids is not None and self.ids != expected_ids:
+                raise CacheError(f"{self.path}: {_ids_differ(self.ids, expected_ids)}; "
+                                 f"{repair_command(self.path.parent)}")
+        except (OSError, KeyError, UnicodeDecodeError) as exc:
             self._file.close()
             raise self._damaged(exc) from exc
         except CacheError:
@@ -163,8 +168,17 @@ class ShardReader:
         reason = " ".join(str(exc).split())
         return CacheError(f"{self.path}: unreadable shard ({reason}); {repair_command(self.path.parent)}")
 
+    def _not_here(self, utt_id: str) -> "IdNotStored":
+        return IdNotStored(f"{self.path}: holds no utterance {utt_id!r}")
+
+    def _position(self, utt_id: str) -> int:
+        try:
+            return self.index[utt_id]
+        except KeyError:
+            raise self._not_here(utt_id) from None
+
     def get(self, utt_id: str) -> np.ndarray:
-        i = self.index[utt_id]
+        i = self._position(utt_id)
         return self._rows(int(self.offsets[i]), int(self.offsets[i + 1]))
 
     def get_many(self, utt_ids: Sequence[str]) -> list[np.ndarray]:
@@ -173,7 +187,10 @@ class ShardReader:
         rows (one HDF5 selection of many blocks). The arrays are views of that read's buffer."""
         if not len(utt_ids):
             return []
-        positions = np.fromiter((self.index[i] for i in utt_ids), np.int64, len(utt_ids))
+        try:
+            positions = np.fromiter((self.index[i] for i in utt_ids), np.int64, len(utt_ids))
+        except KeyError as exc:
+            raise self._not_here(exc.args[0]) from None
         starts, ends = self.offsets[positions], self.offsets[positions + 1]
         low, high = int(starts.min()), int(ends.max())
         if (ends - starts).sum() >= DENSE_SPAN * (high - low):
@@ -209,7 +226,7 @@ class ShardReader:
         return rows, firsts
 
     def extra(self, name: str, utt_id: str) -> np.ndarray:
-        i = self.index[utt_id]
+        i = self._position(utt_id)
         try:
             group = self._file[f"extras/{name}"]
             offsets = group["offsets"]
@@ -243,6 +260,21 @@ class ShardReader:
 
     def close(self) -> None:
         self._file.close()
+
+
+class IdNotStored(CacheError, KeyError):
+    """An id a store or shard does not hold: one line for the CLI, and still a KeyError for look-ups."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # KeyError's would quote the line
+
+
+def _ids_differ(found: list[str], expected: list[str]) -> str:
+    """The first difference between the ids a shard holds and those its manifest record lists, in a few words."""
+    if len(found) != len(expected):
+        return f"holds {len(found)} ids, manifest.json records {len(expected)} for it (another shard's file?)"
+    at = next(i for i, (a, b) in enumerate(zip(found, expected)) if a != b)
+    return f"holds id {found[at]!r} where manifest.json records {expected[at]!r} (a changed or swapped file)"
 
 
 def _merged(starts: np.ndarray, ends: np.ndarray) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,75 @@
+"""Defects of a user audit of the cache: a shard's ids checked against its manifest record when a
+reader opens it, pending work on a read-only cache, a feature folder without spec.json, lost commit
+records, and what `mer cache verify` says (and does) about them."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mer.cache.reader import FeatureCache
+from mer.cache.verify import verify_cache
+from mer.errors import CacheError
+from tests.helpers.toy import TOY_IDS, toy_spec
+from tests.test_cache import write_all
+from tests.test_cache_integrity import assert_whole
+
+IDS = TOY_IDS[:24]  # three shards of 8
+
+
+def fix_for(cache: Path, feature_dir: Path) -> str:
+    return f"`mer cache verify {cache} --corpus toy --feature {feature_dir.name} --repair`"
+
+
+def swap(a: Path, b: Path) -> None:
+    a.rename(a.with_name("t"))
+    b.rename(a)
+    a.with_name("t").rename(b)
+
+
+def flip_in_ids(shard: Path, utt_id: str) -> None:
+    """Flip one bit of one id string in the file (the ids carry no Fletcher-32 checksum): 'u' becomes 't'."""
+    data = bytearray(shard.read_bytes())
+    (at,) = [m.start() for m in re.finditer(re.escape(utt_id.encode()), data)]
+    data[at + 4] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+
+def reads(store, utt_id):
+    """Every way a reader reaches a shard: random access, one read per shard, streaming."""
+    return {"get": lambda: store.get(utt_id), "read_rows": lambda: list(store.read_rows([utt_id])),
+            "iter": lambda: list(store)}
+
+
+# ---- 1: a shard's ids are checked against the manifest's record when it is opened ------------------
+
+@pytest.mark.parametrize("damage", ["swap", "flip"])
+def test_a_shard_whose_ids_differ_from_its_record_is_refused_naming_it_and_the_repair(tmp_path, damage):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    shard = writer.dir / "shard-00001.h5"
+    if damage == "swap":
+        swap(shard, writer.dir / "shard-00002.h5")
+    else:
+        flip_in_ids(shard, "toy/u12")
+    for way, read in reads(FeatureCache(tmp_path).open("toy", "toy"), "toy/u9").items():
+        with pytest.raises(CacheError) as error:
+            read()
+        message = str(error.value)
+        assert message.startswith(f"{shard}: ") and "ids" in message, (way, message)
+        assert fix_for(tmp_path, writer.dir) in message and "\n" not in message, (way, message)
+    (repaired,) = verify_cache(tmp_path, repair=True)
+    assert repaired.dropped
+    write_all(tmp_path, toy_spec(), IDS)
+    assert_whole(tmp_path, IDS)
+
+
+def test_an_id_the_manifest_does_not_have_is_one_line_naming_the_feature_and_the_id(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS[:8])
+    store = FeatureCache(tmp_path).open("toy", "toy")
+    for way in ("get", "read_rows"):
+        with pytest.raises(CacheError) as error:
+            reads(store, "toy/nope")[way]()
+        message = str(error.value)
+        assert message.startswith(f"{writer.dir}: ") and "'toy/nope'" in message and "\n" not in message, message
+        assert isinstance(error.value, KeyError)  # callers that look up ids still catch it
+
