@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from mer.cache.locks import ReadOnlyCache
 from mer.cache.reader import FeatureCache
 from mer.cache.verify import verify_cache
+from mer.cache.writer import FeatureWriter
 from mer.errors import CacheError
 from tests.helpers.toy import TOY_IDS, toy_spec
 from tests.test_cache import write_all
 from tests.test_cache_integrity import assert_whole
+from tests.test_cache_safety import read_only
 
 IDS = TOY_IDS[:24]  # three shards of 8
 
@@ -73,3 +76,18 @@ def test_an_id_the_manifest_does_not_have_is_one_line_naming_the_feature_and_the
         assert message.startswith(f"{writer.dir}: ") and "'toy/nope'" in message and "\n" not in message, message
         assert isinstance(error.value, KeyError)  # callers that look up ids still catch it
 
+
+# ---- 2: pending work on a read-only cache is an error, also when a shard is truncated or missing -------
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_read_only_cache_with_a_damaged_shard_asks_for_a_writable_cache(tmp_path, monkeypatch, damage):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    shard = writer.dir / "shard-00001.h5"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    else:
+        shard.unlink()
+    read_only(monkeypatch, tmp_path)
+    with pytest.raises(ReadOnlyCache) as error:
+        FeatureWriter(tmp_path, "toy", toy_spec()).claim(IDS)
+    assert str(error.value).startswith(f"{writer.dir}: cannot write here, and some utterances (e.g. toy/u8) ")

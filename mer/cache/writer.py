@@ -250,7 +250,7 @@ class FeatureWriter:
             raise
 
     def _check_nothing_pending(self, ids: list[str], retry_failed: bool, read_only: ReadOnlyCache) -> None:
-        stored, failed = stored_and_failed(read_shard_records(self.dir, self._records_memo))
+        stored, failed = stored_and_failed(self._intact_records())  # a truncated or missing shard is pending
         todo = [i for i in ids if i not in stored and (retry_failed or i not in failed)]
         if todo:
             raise ReadOnlyCache(f"{self.dir}: cannot write here, and some utterances (e.g. {todo[0]}) still need "
