@@ -6,15 +6,17 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mer.cache.locks import ReadOnlyCache
 from mer.cache.reader import FeatureCache
 from mer.cache.verify import verify_cache
 from mer.cache.writer import FeatureWriter
+from mer.cli import cli
 from mer.errors import CacheError
 from tests.helpers.toy import TOY_IDS, toy_spec
 from tests.test_cache import write_all
-from tests.test_cache_integrity import assert_whole
+from tests.test_cache_integrity import assert_whole, suggested
 from tests.test_cache_safety import read_only
 
 IDS = TOY_IDS[:24]  # three shards of 8
@@ -91,3 +93,29 @@ def test_a_read_only_cache_with_a_damaged_shard_asks_for_a_writable_cache(tmp_pa
     with pytest.raises(ReadOnlyCache) as error:
         FeatureWriter(tmp_path, "toy", toy_spec()).claim(IDS)
     assert str(error.value).startswith(f"{writer.dir}: cannot write here, and some utterances (e.g. toy/u8) ")
+
+
+# ---- 3: a feature folder without spec.json is reported, and --repair restores it ------------------------
+
+def test_a_feature_folder_without_spec_json_is_reported_and_restored_by_the_suggested_repair(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    (writer.dir / "spec.json").unlink()
+    runner = CliRunner()
+    found = runner.invoke(cli, ["cache", "verify", str(tmp_path)])
+    assert found.exit_code == 1 and "PROBLEMS" in found.output, found.output
+    (problem,) = [line.strip() for line in found.output.splitlines() if "spec.json" in line]
+    assert problem.startswith(f"{writer.dir / 'spec.json'}: missing") and fix_for(tmp_path, writer.dir) in problem
+    repaired = runner.invoke(cli, suggested(problem))
+    assert repaired.exit_code == 0 and "spec.json: restored" in repaired.output, repaired.output
+    assert_whole(tmp_path, IDS)
+
+
+def test_a_feature_folder_with_nothing_left_that_says_its_spec_is_reported(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    for path in [writer.dir / "spec.json", writer.dir / "manifest.json", *writer.dir.glob("shard-*.h5")]:
+        path.unlink()
+    (tmp_path / "toy" / "utterances.jsonl").write_text("")  # the corpus is still there
+    (report,) = verify_cache(tmp_path)
+    assert not report.ok and report.problems[0].startswith(f"{writer.dir}: no spec.json")
+    assert f"`rm -r {writer.dir}`" in report.problems[0]
+

@@ -110,10 +110,12 @@ class FeatureCache:
         self.root = Path(root)
 
     def corpora(self) -> list[str]:
+        """Folders with a corpus manifest or a feature (found by its spec.json, or its manifest.json when
+        the spec is lost: verify finds and repairs it)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and ((p / CORPUS_MANIFEST).is_file() or any(p.glob(f"*/{SPEC_FILE}"))))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (
+            (p / CORPUS_MANIFEST).is_file() or any(p.glob(f"*/{SPEC_FILE}")) or any(p.glob(f"*/{MANIFEST_FILE}"))))
 
     def corpus(self, corpus: str) -> str:
         """`corpus` when the cache has it; else one line naming the corpora it has (a mistyped name)."""

@@ -8,6 +8,7 @@ recomputes the dropped utterances."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import h5py
 import numpy as np
 
-from mer.cache.layout import CORPUS_MANIFEST, LOCK_FILE, SPEC_FILE
+from mer.cache.layout import CORPUS_MANIFEST, LOCK_FILE, MANIFEST_FILE, SPEC_FILE, atomic_write_json
 from mer.cache.locks import lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, read_manifest, stored_and_failed,
                                 write_manifest)
@@ -48,6 +50,7 @@ class FeatureReport:
     damaged: dict[str, str] = field(default_factory=dict)  # record stem -> problem line: what --repair drops
     stale_manifest: bool = False  # manifest.json unreadable or not what the records say: --repair rebuilds it
     strays: list[str] = field(default_factory=list)  # shard files no record lists: --repair removes them
+    lost_spec: Optional[dict] = None  # spec.json is missing; --repair writes this copy (manifest's or a shard's)
     dropped: list[str] = field(default_factory=list)  # what --repair removed, one line each
     notes: list[str] = field(default_factory=list)
 
@@ -71,9 +74,11 @@ def verify_cache(root: Path, corpus: Optional[str] = None, feature: Optional[str
 
 
 def feature_dirs(root: Path, corpus: str, feature: Optional[str] = None) -> list[Path]:
-    """Feature folders found by their spec.json alone, so a feature whose manifest is damaged is
-    still found (and repaired). `feature` is NAME or NAME@HASH (a prefix of the hash)."""
-    dirs = sorted(p.parent for p in (Path(root) / corpus).glob(f"*/{SPEC_FILE}"))
+    """Feature folders: those with a spec.json, and those that lost it but hold a manifest, records or
+    shards, so a feature whose manifest or spec is damaged is still found (and repaired). `feature`
+    is NAME or NAME@HASH (a prefix of the hash)."""
+    dirs = sorted({p.parent for pattern in (SPEC_FILE, MANIFEST_FILE, "shard-*")
+                   for p in (Path(root) / corpus).glob(f"*/{pattern}")})
     if not feature:
         return dirs
     name, _, config_hash = feature.partition("@")
@@ -98,10 +103,12 @@ def verify_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]
     report = inspect_feature(directory, corpus, expected_ids)
     if not repair:
         return report
-    if report.damaged or report.stale_manifest or report.strays:
+    if report.damaged or report.stale_manifest or report.strays or report.lost_spec:
         dropped = repair_feature(Path(directory), corpus, report)
+        restored = report.lost_spec is not None
         report = inspect_feature(directory, corpus, expected_ids)
         report.dropped = dropped
+        report.notes += [f"{Path(directory) / SPEC_FILE}: restored; the feature is readable again"] if restored else []
     return _after_repair(report)
 
 
@@ -117,9 +124,13 @@ def _after_repair(report: FeatureReport) -> FeatureReport:
 
 # ---- inspection (no lock: readers never take one) ----------------------------------------------
 
-def inspect_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]]) -> FeatureReport:
+def inspect_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]],
+                    spec: Optional[FeatureSpec] = None) -> FeatureReport:
+    """Everything verify checks in one feature folder; `spec` replaces a missing spec.json."""
     directory = Path(directory)
-    spec = _read_spec(directory)
+    if spec is None and not (directory / SPEC_FILE).is_file():
+        return _inspect_specless(directory, corpus, expected_ids)
+    spec = spec or _read_spec(directory)
     report = FeatureReport(corpus, spec.name, spec.config_hash, str(directory), list(spec.row_shape))
     if spec.ignored_keys:
         report.notes.append(f"spec keys from a newer mer ignored: {', '.join(spec.ignored_keys)}")
@@ -156,6 +167,57 @@ def _read_spec(directory: Path) -> FeatureSpec:
     except (ValueError, TypeError) as exc:
         raise CacheError(f"{path}: unreadable spec ({' '.join(str(exc).split())}); restore it from the "
                          "\"spec\" of manifest.json next to it") from exc
+
+
+def spec_copy(directory: Path) -> Optional[dict]:
+    """The copy of a lost spec.json that manifest.json or a shard (its `spec` attribute) holds, when one
+    is readable and of this folder's config hash; else None."""
+    for copy in itertools.chain([_manifest_spec(directory)], map(_shard_spec, sorted(directory.glob("shard-*.h5")))):
+        try:
+            if copy and FeatureSpec.from_dict(copy).config_hash == directory.name.rpartition("@")[2]:
+                return copy
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _manifest_spec(directory: Path) -> Optional[dict]:
+    try:
+        return dict(json.loads((directory / MANIFEST_FILE).read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _shard_spec(path: Path) -> Optional[dict]:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return dict(json.loads(f.attrs["spec"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _inspect_specless(directory: Path, corpus: str, expected_ids: Optional[set[str]]) -> FeatureReport:
+    """A folder without spec.json: readers do not see it. Inspected with the copy the manifest or a shard
+    holds, which --repair writes back."""
+    copy = spec_copy(directory)
+    if copy is None:
+        return _specless_report(directory, corpus)
+    report = inspect_feature(directory, corpus, expected_ids, FeatureSpec.from_dict(copy))
+    report.lost_spec = copy
+    report.problems.insert(0, f"{directory / SPEC_FILE}: missing, so readers (`mer fuse`, `mer cache ls`) do not "
+                              f"see this feature; run `{verify_repair_command(directory)}` (it restores spec.json "
+                              "from the copy in manifest.json or a shard)")
+    return report
+
+
+def _specless_report(directory: Path, corpus: str) -> FeatureReport:
+    """A folder without spec.json and without a readable copy of it: nothing in it can be read."""
+    name, _, config_hash = directory.name.rpartition("@")
+    report = FeatureReport(corpus, name or directory.name, config_hash, str(directory), [])
+    report.problems.append(f"{directory}: no {SPEC_FILE}, and neither {MANIFEST_FILE} nor a shard holds a copy of "
+                           f"it, so nothing here can be read; remove the folder (`rm -r {shlex.quote(str(directory))}`), "
+                           "then run the same `mer extract` again")
+    return report
 
 
 def load_records(directory: Path) -> tuple[list[ShardRecord], dict[str, str]]:
@@ -272,6 +334,8 @@ def repair_feature(directory: Path, corpus: str, report: FeatureReport) -> list[
     meanwhile), remove stray shards, rebuild manifest.json. Returns one line per thing removed."""
     dropped = []
     with lock(directory / LOCK_FILE):
+        if report.lost_spec and not (directory / SPEC_FILE).exists():
+            atomic_write_json(directory / SPEC_FILE, report.lost_spec)
         spec = _read_spec(directory)
         for stem in report.damaged:
             line = _drop_if_still_damaged(directory, stem, spec)
