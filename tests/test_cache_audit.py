@@ -119,3 +119,26 @@ def test_a_feature_folder_with_nothing_left_that_says_its_spec_is_reported(tmp_p
     assert not report.ok and report.problems[0].startswith(f"{writer.dir}: no spec.json")
     assert f"`rm -r {writer.dir}`" in report.problems[0]
 
+
+# ---- 5: a shard whose commit record was lost: the re-extract recomputes it and leaves nothing behind -------
+
+def test_after_a_lost_commit_record_the_rerun_leaves_a_cache_that_verifies(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    (writer.dir / "shard-00001.json").unlink()
+    (report,) = verify_cache(tmp_path)
+    (stray,) = [p for p in report.problems if p.startswith(f"{writer.dir / 'shard-00001.h5'}: ")]
+    assert fix_for(tmp_path, writer.dir) in stray and "recompute what it drops" not in stray
+    write_all(tmp_path, toy_spec(), IDS)
+    assert_whole(tmp_path, IDS)
+    assert all(p.with_suffix(".json").exists() for p in writer.dir.glob("shard-*.h5"))
+
+
+def test_repair_of_a_stray_shard_alone_says_nothing_needs_recomputing(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    (writer.dir / "shard-00001.h5").rename(writer.dir / "shard-00007.h5")  # no record lists it
+    (writer.dir / "shard-00001.json").unlink()
+    write_all(tmp_path, toy_spec(), IDS)  # recomputes shard-00001's utterances (or removes the stray itself)
+    (writer.dir / "shard-00009.h5").write_bytes((writer.dir / "shard-00000.h5").read_bytes())
+    (repaired,) = verify_cache(tmp_path, repair=True)
+    assert repaired.ok and repaired.dropped == [f"{writer.dir / 'shard-00009.h5'}: removed (no commit record lists it)"]
+    assert not any("mer extract" in note for note in repaired.notes), repaired.notes

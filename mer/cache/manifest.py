@@ -81,6 +81,14 @@ def drop_shard(feature_dir: Path, stem: str) -> None:
     (Path(feature_dir) / f"{stem}.json").unlink(missing_ok=True)
 
 
+def stray_shards(feature_dir: Path) -> list[Path]:
+    """Shard files without a commit record or a claim (live, or dead and not yet reaped by a writer):
+    under the feature's lock, leftovers that no reader sees and that only take an index."""
+    directory = Path(feature_dir)
+    accounted = {p.name.split(".")[0] for pattern in ("shard-*.json", "shard-*.claim") for p in directory.glob(pattern)}
+    return [p for p in sorted(directory.glob("shard-*.h5")) if p.stem not in accounted]
+
+
 def stored_and_failed(records: list[ShardRecord]) -> tuple[set[str], dict[str, str]]:
     stored = {utt_id for r in records for utt_id in r.ids}
     failed: dict[str, str] = {}

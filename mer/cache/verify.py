@@ -23,7 +23,7 @@ import numpy as np
 from mer.cache.layout import CORPUS_MANIFEST, LOCK_FILE, MANIFEST_FILE, SPEC_FILE, atomic_write_json
 from mer.cache.locks import lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, read_manifest, stored_and_failed,
-                                write_manifest)
+                                stray_shards, write_manifest)
 from mer.cache.reader import FeatureCache
 from mer.cache.shard import ShardReader, repair_command, verify_repair_command
 from mer.cache.spec import FeatureSpec
@@ -103,21 +103,22 @@ def verify_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]
     report = inspect_feature(directory, corpus, expected_ids)
     if not repair:
         return report
-    if report.damaged or report.stale_manifest or report.strays or report.lost_spec:
-        dropped = repair_feature(Path(directory), corpus, report)
-        restored = report.lost_spec is not None
-        report = inspect_feature(directory, corpus, expected_ids)
-        report.dropped = dropped
-        report.notes += [f"{Path(directory) / SPEC_FILE}: restored; the feature is readable again"] if restored else []
-    return _after_repair(report)
+    if not (report.damaged or report.stale_manifest or report.strays or report.lost_spec):
+        return _after_repair(report)
+    dropped = repair_feature(Path(directory), corpus, report)
+    before, report = report, inspect_feature(directory, corpus, expected_ids)
+    report.dropped = dropped
+    report.notes += [f"{Path(directory) / SPEC_FILE}: restored; the feature is readable again"] if before.lost_spec else []
+    return _after_repair(report, recompute=bool(before.damaged))
 
 
-def _after_repair(report: FeatureReport) -> FeatureReport:
-    """After --repair, utterances not stored are the next `mer extract`'s work, not a fault of the cache."""
+def _after_repair(report: FeatureReport, recompute: bool = False) -> FeatureReport:
+    """After --repair, utterances not stored are the next `mer extract`'s work, not a fault of the cache.
+    `recompute`: the repair dropped shards with their records (not only stray files no record listed)."""
     if report.missing:
         report.problems = [p for p in report.problems if MISSING not in p]
         report.notes.append(f"{report.missing} utterances to compute: run the same `mer extract` again")
-    elif report.dropped:
+    elif report.dropped and recompute:
         report.notes.append("run the same `mer extract` again to recompute the dropped utterances")
     return report
 
@@ -318,13 +319,9 @@ def _check_coverage(directory: Path, expected_ids: Optional[set[str]], present: 
 def _check_stray_files(directory: Path, report: FeatureReport) -> None:
     for path in stray_shards(directory):
         report.strays.append(str(path))
-        report.problems.append(f"{path}: shard not in the manifest; {repair_command(directory)}")
-
-
-def stray_shards(directory: Path) -> list[Path]:
-    """Shard files without a commit record or a claim (live, or dead and not yet reaped by a writer)."""
-    accounted = {p.name.split(".")[0] for pattern in ("shard-*.json", "shard-*.claim") for p in directory.glob(pattern)}
-    return [p for p in sorted(directory.glob("shard-*.h5")) if p.stem not in accounted]
+        report.problems.append(f"{path}: no commit record lists this shard file (its record was lost, or a writer "
+                               f"died before writing it); run `{verify_repair_command(directory)}` to remove it "
+                               "(the next `mer extract` removes it too)")
 
 
 # ---- repair (under the feature's lock, like every writer) -----------------------------------------

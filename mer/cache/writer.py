@@ -29,7 +29,7 @@ from mer.cache.layout import (LOCK_FILE, SPEC_FILE, atomic_write_json, check_cor
                               make_cache_folder, shard_name)
 from mer.cache.locks import READ_ONLY_ERRNOS, FolderRemoved, HeldLock, ReadOnlyCache, is_held_here, lock, try_lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, next_free_index, read_shard_records,
-                                stored_and_failed, write_manifest)
+                                stored_and_failed, stray_shards, write_manifest)
 from mer.cache.shard import to_storage, write_shard
 from mer.hashing import sha256_file
 from mer.errors import CacheError
@@ -99,6 +99,9 @@ class FeatureWriter:
             ids = self._live_claim_ids(claim_path)
             if ids is not None:
                 claimed.update(ids)
+        if is_held_here(self._lock_path):  # after the reaping: a shard whose record was lost, recomputed anew
+            for path in stray_shards(self.dir):
+                path.unlink(missing_ok=True)
         return CacheState(stored, failed, claimed, records)
 
     def _intact_records(self) -> list[ShardRecord]:
