@@ -1,6 +1,12 @@
 """Decoding ahead of compute: decoder processes give what decoding here gives, a decoder that
 crashes costs only its file, and `mer extract` gives the same cache with or without them."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -56,3 +62,42 @@ def test_extract_with_decoder_processes_equals_extract_without(tmp_path, meld_ro
     assert sorted(here.ids()) == sorted(pooled.ids()) and len(here.ids()) > 10
     for utt_id in here.ids():
         np.testing.assert_array_equal(pooled.get(utt_id), here.get(utt_id))
+
+
+KILLED_WITH_A_DECODER = """
+import os, signal, sys
+from mer.data.decoding import DecodePool
+from mer.data.utterance import Utterance
+pool = DecodePool(processes=1, piece_size=1).__enter__()
+pool.result(pool.submit([Utterance(id="u0", corpus="t", audio_path=sys.argv[1])]))
+print(*pool._executor._processes, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_decoder_processes_end_with_a_killed_parent(tmp_path):
+    """A `kill -9` of `mer extract` (or a test that kills one) used to leave each decoder process
+    behind for good, about 250 MB each, blocked on a pipe."""
+    wav = write_sndfile(tmp_path / "a.wav", 0.3)
+    pids = tmp_path / "pids"  # a file, not a pipe: a decoder left behind would hold a pipe open for good
+    with open(pids, "w") as out:
+        killed = subprocess.run([sys.executable, "-c", KILLED_WITH_A_DECODER, str(wav)], stdout=out, timeout=60)
+    assert killed.returncode == -9
+    decoders = [int(pid) for pid in pids.read_text().split()]
+    assert decoders
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in decoders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in decoders if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
