@@ -456,9 +456,19 @@ def cache_rm(root, corpus, feature, yes) -> None:
     from mer.cache.remove import removal_target, remove
 
     target = removal_target(root, corpus, feature)
-    if not yes:
-        click.confirm(f"remove {target}?", abort=True)
+    if not yes and not _confirmed(f"remove {target}?"):
+        click.echo("nothing removed")
+        return
     click.echo(f"removed {remove(root, corpus, feature)}")
+
+
+def _confirmed(question: str) -> bool:
+    """A yes/no answer; no answer at all (stdin closed, not a terminal) is a one-line error naming --yes."""
+    try:
+        return click.confirm(question)
+    except click.exceptions.Abort:
+        raise MerError(f"{question} got no answer (stdin is not a terminal); pass --yes to remove without "
+                       "asking") from None
 
 
 @cli.command()

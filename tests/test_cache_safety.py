@@ -125,6 +125,21 @@ def test_rm_refuses_a_feature_or_corpus_a_live_writer_holds_a_claim_in(tmp_path,
     assert not list((cache / "toy").glob("toy@*")) and not list(cache.rglob(".removing-*"))
 
 
+@pytest.mark.parametrize("answer", ["n\n", None])
+def test_rm_without_a_yes_removes_nothing_and_says_so(tmp_path, answer):
+    cache = toy_cache(tmp_path / "cache", features=("toy",))
+    before = snapshot(cache)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mer.cli", "cache", "rm", str(cache), "toy"], cwd=REPO, env=env,
+                          input=answer, stdin=subprocess.DEVNULL if answer is None else None, capture_output=True,
+                          text=True, timeout=120)
+    if answer is None:  # no terminal to ask: one line naming --yes (was "interrupted", exit 130)
+        assert proc.returncode == 2 and "pass --yes to remove without asking" in one_error_line(proc)
+    else:
+        assert proc.returncode == 0 and proc.stdout.rstrip().endswith("nothing removed")
+    assert snapshot(cache) == before
+
+
 def test_rm_removes_one_listed_feature_or_the_whole_corpus(tmp_path, outside):
     cache = toy_cache(tmp_path / "cache", features=("toy", "other"))
     run = mer("cache", "rm", cache, "toy", "other", "--yes", check=0)
