@@ -20,6 +20,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,7 +33,7 @@ from mer.cache.layout import existing_cache_folder
 from mer.cache.reader import FeatureCache
 from mer.cache.transcripts import find_text_source, read_wer
 from mer.cluster import check_can_fork_workers, check_scheduler_address, daemonic, dask_client
-from mer.data.protocols import FoldSet, default_protocol, headline_metric, make_folds
+from mer.data.protocols import FoldSet, ProtocolWarning, default_protocol, headline_metric, make_folds
 from mer.device import cpu_note, resolve_device
 from mer.errors import CacheError, MerError
 from mer.finetune_run import is_finetuned
@@ -301,7 +302,9 @@ def _plan(cfg: FuseConfig, cache: FeatureCache, label: str) -> PlannedRun:
     """The run's resolved config, features, folds and config.json; nothing is written yet."""
     utterances = cache.utterances(cfg.corpus)
     protocol = cfg.protocol or default_protocol(cfg.corpus)
-    fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
+    with warnings.catch_warnings():  # said once, in the fold set's summary the run logs
+        warnings.simplefilter("ignore", ProtocolWarning)
+        fold_set = make_folds(protocol, utterances, seed=cfg.trainer.seed, **cfg.protocol_options)
     config = resolve_config(cfg)
     if config.monitor == "headline":
         config = replace(config, monitor=headline_metric(protocol, fold_set.labels is None, bool(fold_set.dimensions)))
