@@ -2,6 +2,7 @@
 reader opens it, pending work on a read-only cache, a feature folder without spec.json, lost commit
 records, and what `mer cache verify` says (and does) about them."""
 
+import json
 import re
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from click.testing import CliRunner
 from mer.cache.locks import ReadOnlyCache
 from mer.cache.reader import FeatureCache
 from mer.cache.verify import verify_cache
+from mer.cache import writer as writer_module
 from mer.cache.writer import FeatureWriter
 from mer.cli import cli
 from mer.errors import CacheError
-from tests.helpers.toy import TOY_IDS, toy_spec
+from tests.helpers.toy import TOY_IDS, toy_arrays, toy_spec
 from tests.test_cache import write_all
 from tests.test_cache_integrity import assert_whole, suggested
 from tests.test_cache_safety import read_only
@@ -142,3 +144,55 @@ def test_repair_of_a_stray_shard_alone_says_nothing_needs_recomputing(tmp_path):
     (repaired,) = verify_cache(tmp_path, repair=True)
     assert repaired.ok and repaired.dropped == [f"{writer.dir / 'shard-00009.h5'}: removed (no commit record lists it)"]
     assert not any("mer extract" in note for note in repaired.notes), repaired.notes
+
+
+# ---- 6: what verify says: failures under --strict, counts that add up, dead writers' files, read-only --------
+
+def corpus_manifest(cache: Path, ids) -> None:
+    (cache / "toy" / "utterances.jsonl").write_text("".join(json.dumps({"id": i, "corpus": "toy"}) + "\n" for i in ids))
+
+
+def test_strict_says_which_recorded_failures_make_it_fail(tmp_path):
+    writer = FeatureWriter(tmp_path, "toy", toy_spec())
+    claim = writer.claim(IDS[:8])
+    writer.commit(claim, writer.write_temp(claim, toy_arrays(IDS[:6])), {IDS[6]: "cannot decode", IDS[7]: "too short"})
+    result = CliRunner().invoke(cli, ["cache", "verify", str(tmp_path), "--strict"])
+    assert result.exit_code == 1
+    (line,) = [line.strip() for line in result.output.splitlines() if "recorded as failed" in line]
+    assert line.startswith(f"{writer.dir}: 2 utterances recorded as failed (e.g. toy/u6: cannot decode)"), line
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_the_counts_add_up_to_the_corpus_when_a_shard_is_damaged(tmp_path, damage):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    corpus_manifest(tmp_path, IDS)
+    shard = writer.dir / "shard-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:1000]) if damage == "truncate" else shard.unlink()
+    (report,) = verify_cache(tmp_path)
+    assert (report.stored, report.failed, report.missing) == (16, 0, 8)
+    (problem,) = report.problems
+    assert problem.startswith(f"{shard}: ") and "8 utterances" in problem
+
+
+def test_repair_removes_and_reports_a_dead_writers_claim_and_temporary_files(tmp_path):
+    writer = write_all(tmp_path, toy_spec(), IDS[:16])
+    claim = writer.claim(IDS[16:24])
+    temp = writer.write_temp(claim, toy_arrays(claim.ids))
+    claim.held.release()  # what the kernel does when the writer dies (SIGTERM, SIGKILL)
+    writer_module._own_claims.clear()
+    claim_path = writer.dir / f"{claim.name}.claim"
+    (report,) = verify_cache(tmp_path)
+    assert any(p.startswith(f"{claim_path}: ") and "--repair`" in p for p in report.problems), report.problems
+    (repaired,) = verify_cache(tmp_path, repair=True)
+    assert repaired.ok and not claim_path.exists() and not temp.exists()
+    assert any(line.startswith(f"{claim_path}: removed") for line in repaired.dropped), repaired.dropped
+
+
+def test_repair_on_a_read_only_cache_does_not_suggest_a_cache_option(tmp_path, monkeypatch):
+    writer = write_all(tmp_path, toy_spec(), IDS)
+    (writer.dir / "shard-00001.json").unlink()  # something to repair: a stray shard
+    read_only(monkeypatch, tmp_path)
+    with pytest.raises(CacheError) as error:
+        verify_cache(tmp_path, repair=True)
+    message = str(error.value)
+    assert message.startswith(f"{writer.dir}: cannot write here") and "--cache" not in message, message

@@ -21,12 +21,13 @@ import h5py
 import numpy as np
 
 from mer.cache.layout import CORPUS_MANIFEST, LOCK_FILE, MANIFEST_FILE, SPEC_FILE, atomic_write_json
-from mer.cache.locks import lock
+from mer.cache.locks import ReadOnlyCache, lock, try_lock
 from mer.cache.manifest import (ShardRecord, build_manifest, drop_shard, read_manifest, stored_and_failed,
                                 stray_shards, write_manifest)
 from mer.cache.reader import FeatureCache
 from mer.cache.shard import ShardReader, repair_command, verify_repair_command
 from mer.cache.spec import FeatureSpec
+from mer.cache.writer import reap_claim
 from mer.data.utterance import read_utterances
 from mer.errors import CacheError
 from mer.hashing import sha256_file
@@ -50,6 +51,7 @@ class FeatureReport:
     damaged: dict[str, str] = field(default_factory=dict)  # record stem -> problem line: what --repair drops
     stale_manifest: bool = False  # manifest.json unreadable or not what the records say: --repair rebuilds it
     strays: list[str] = field(default_factory=list)  # shard files no record lists: --repair removes them
+    leftovers: list[str] = field(default_factory=list)  # a dead writer's claims and temporary files: --repair removes them
     lost_spec: Optional[dict] = None  # spec.json is missing; --repair writes this copy (manifest's or a shard's)
     dropped: list[str] = field(default_factory=list)  # what --repair removed, one line each
     notes: list[str] = field(default_factory=list)
@@ -103,7 +105,7 @@ def verify_feature(directory: Path, corpus: str, expected_ids: Optional[set[str]
     report = inspect_feature(directory, corpus, expected_ids)
     if not repair:
         return report
-    if not (report.damaged or report.stale_manifest or report.strays or report.lost_spec):
+    if not (report.damaged or report.stale_manifest or report.strays or report.lost_spec or report.leftovers):
         return _after_repair(report)
     dropped = repair_feature(Path(directory), corpus, report)
     before, report = report, inspect_feature(directory, corpus, expected_ids)
@@ -146,7 +148,8 @@ def inspect_feature(directory: Path, corpus: str, expected_ids: Optional[set[str
     for record in (r for r in records if r.file):
         reason = shard_damage(directory, record, spec, row_check)
         if reason:
-            problem = f"{directory / record.file}: {reason}; {repair_command(directory)}"
+            problem = f"{directory / record.file}: {reason}, so its {len(record.ids)} utterances are lost; " \
+                      f"{repair_command(directory)}"
             report.problems.append(problem)
             report.damaged[Path(record.file).stem] = problem
             in_damaged.update(record.ids)
@@ -155,9 +158,11 @@ def inspect_feature(directory: Path, corpus: str, expected_ids: Optional[set[str
     report.stored = len(seen)
     report.failure_reasons = stored_and_failed(records)[1]
     report.failed = len(report.failure_reasons)
+    _note_failures(directory, report)
     _check_duplicates(directory, seen, report)
-    _check_coverage(directory, expected_ids, set(seen) | in_damaged, report)
+    _check_coverage(directory, expected_ids, set(seen), in_damaged, report)
     _check_stray_files(directory, report)
+    _check_dead_writers(directory, report)
     return report
 
 
@@ -304,12 +309,23 @@ def _check_duplicates(directory: Path, seen: Counter, report: FeatureReport) -> 
                                    f"{feature} --yes`, then the same `mer extract` again")
 
 
-def _check_coverage(directory: Path, expected_ids: Optional[set[str]], present: set[str],
+def _note_failures(directory: Path, report: FeatureReport) -> None:
+    """Recorded failures are not a problem of the cache, but --strict counts them: say which."""
+    if report.failed:
+        utt_id, reason = min(report.failure_reasons.items())
+        report.notes.append(f"{directory}: {report.failed} utterances recorded as failed (e.g. {utt_id}: "
+                            f"{' '.join(str(reason).split())}); --strict counts them as problems; the same "
+                            "`mer extract` with --retry-failed tries them again")
+
+
+def _check_coverage(directory: Path, expected_ids: Optional[set[str]], stored: set[str], in_damaged: set[str],
                     report: FeatureReport) -> None:
+    """`missing` counts every utterance neither stored nor failed (with those of damaged shards, so the
+    counts add up to the corpus); the problem line names the ones no damaged shard explains."""
     if expected_ids is None:
         return
-    missing = expected_ids - present - set(report.failure_reasons)
-    report.missing = len(missing)
+    report.missing = len(expected_ids - stored - set(report.failure_reasons))
+    missing = expected_ids - stored - in_damaged - set(report.failure_reasons)
     if missing:
         example = ", ".join(sorted(missing)[:3])
         report.problems.append(f"{directory}: {len(missing)} {MISSING} (e.g. {example}); "
@@ -324,13 +340,38 @@ def _check_stray_files(directory: Path, report: FeatureReport) -> None:
                                "(the next `mer extract` removes it too)")
 
 
+def _check_dead_writers(directory: Path, report: FeatureReport) -> None:
+    for path in dead_claims(directory) + orphan_temps(directory):
+        report.leftovers.append(str(path))
+        report.problems.append(f"{path}: left by a writer that died; run `{verify_repair_command(directory)}` to "
+                               "remove it (the next `mer extract` removes it too)")
+
+
+def dead_claims(directory: Path) -> list[Path]:
+    """Claims whose lock is free: their writer died (a live writer keeps its claim locked)."""
+    dead = []
+    for path in sorted(directory.glob("shard-*.claim")):
+        held = try_lock(path, create=False)
+        if held is not None:
+            held.release()
+            dead.append(path)
+    return dead
+
+
+def orphan_temps(directory: Path) -> list[Path]:
+    """Temporary shard files of no claim at all (a dead claim's go with it)."""
+    claims = {p.name.split(".")[0] for p in directory.glob("shard-*.claim")}
+    return [p for p in sorted(directory.glob("shard-*.h5.tmp-*")) if p.name.split(".")[0] not in claims]
+
+
 # ---- repair (under the feature's lock, like every writer) -----------------------------------------
 
 def repair_feature(directory: Path, corpus: str, report: FeatureReport) -> list[str]:
     """Drop what `report` found damaged (checked again under the lock: a writer may have replaced it
     meanwhile), remove stray shards, rebuild manifest.json. Returns one line per thing removed."""
     dropped = []
-    with lock(directory / LOCK_FILE):
+    with _repair_lock(directory):
+        dropped += _remove_leftovers(directory)
         if report.lost_spec and not (directory / SPEC_FILE).exists():
             atomic_write_json(directory / SPEC_FILE, report.lost_spec)
         spec = _read_spec(directory)
@@ -346,6 +387,29 @@ def repair_feature(directory: Path, corpus: str, report: FeatureReport) -> list[
         manifest["spec"] = json.loads((directory / SPEC_FILE).read_text())  # keeps a newer version's keys
         write_manifest(directory, manifest)
     return dropped
+
+
+def _repair_lock(directory: Path):
+    """The feature's lock, which --repair needs like every writer; one line when the cache is read-only here."""
+    try:
+        return lock(directory / LOCK_FILE)
+    except ReadOnlyCache:
+        raise CacheError(f"{directory}: cannot write here, and --repair must (it removes and rewrites files under "
+                         "the feature's lock); run it as a user who can write the cache, or where it is mounted "
+                         "read-write") from None
+
+
+def _remove_leftovers(directory: Path) -> list[str]:
+    """A dead writer's claims (with their temporary and unrecorded files) and temporary files of no claim."""
+    removed = []
+    for path in dead_claims(directory):
+        held = try_lock(path, create=False)
+        if held is not None:  # still dead: its lock is ours now
+            removed.append(f"{path}: removed (its writer died) with {reap_claim(directory, path, held)} files it left")
+    for path in orphan_temps(directory):
+        path.unlink(missing_ok=True)
+        removed.append(f"{path}: removed (a temporary file of a writer that died)")
+    return removed
 
 
 def _drop_if_still_damaged(directory: Path, stem: str, spec: FeatureSpec) -> Optional[str]:

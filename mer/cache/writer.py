@@ -125,18 +125,8 @@ class FeatureWriter:
                 return json.loads(claim_path.read_text())["ids"]
             except (OSError, ValueError, KeyError):
                 return []  # being created this instant (we hold .lock, so it cannot be) or gone
-        self._reap(claim_path, held)
+        reap_claim(self.dir, claim_path, held)
         return None
-
-    def _reap(self, claim_path: Path, held: HeldLock) -> None:
-        """The claim's owner died: remove its temporary files and any shard it renamed but never recorded."""
-        name = claim_path.name[: -len(".claim")]
-        for tmp in self.dir.glob(f"{name}.h5.tmp-*"):
-            tmp.unlink(missing_ok=True)
-        if not (self.dir / f"{name}.json").exists():
-            (self.dir / f"{name}.h5").unlink(missing_ok=True)
-        claim_path.unlink(missing_ok=True)
-        held.release()
 
     def pending(self, ids: Iterable[str], retry_failed: bool = False) -> list[str]:
         state = self.state()
@@ -277,6 +267,20 @@ def write_temp_shard(feature_dir: Path, index: int, spec: FeatureSpec, claim_ids
             raise feature_removed(feature_dir) from None
         raise
     return path
+
+
+def reap_claim(feature_dir: Path, claim_path: Path, held: HeldLock) -> int:
+    """The claim's owner died (`held`: its free lock, taken; call under the feature's lock): remove its
+    temporary files and any shard it renamed but never recorded. Returns how many files went with it."""
+    name = claim_path.name[: -len(".claim")]
+    leftovers = list(Path(feature_dir).glob(f"{name}.h5.tmp-*"))
+    if not (Path(feature_dir) / f"{name}.json").exists():
+        leftovers += [p for p in [Path(feature_dir) / f"{name}.h5"] if p.exists()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    claim_path.unlink(missing_ok=True)
+    held.release()
+    return len(leftovers)
 
 
 def feature_removed(feature_dir: Path) -> FolderRemoved:
