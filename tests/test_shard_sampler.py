@@ -334,8 +334,8 @@ def test_read_many_keeps_handles_open_without_a_chunk_cache(cache, monkeypatch):
     """A training pass opens every shard each epoch: read_many's handles stay open in the process's budget (no
     chunk cache, so they hold no rows), and closing the store closes them."""
     opened = []
-    monkeypatch.setattr(reader_module, "ShardReader", lambda path, chunk_cache_bytes: opened.append(chunk_cache_bytes)
-                        or ShardReader(path, chunk_cache_bytes=chunk_cache_bytes))
+    monkeypatch.setattr(reader_module, "ShardReader", lambda path, chunk_cache_bytes, **checks:
+                        opened.append(chunk_cache_bytes) or ShardReader(path, chunk_cache_bytes=chunk_cache_bytes, **checks))
     store = FeatureCache(cache).open(CORPUS, "frames")
     ids = store.ids()
     for _ in range(2):
