@@ -64,8 +64,8 @@ def check_scheduler_address(address: str) -> None:
     try:
         scheme, location = parse_address(address)
         get_backend(scheme).get_address_host_port(location)
-    except NotImplementedError:  # a scheme without HOST:PORT (inproc://, ucx://): the connection tells
-        return
+    except NotImplementedError:  # dask's answer for schemes that have no HOST:PORT (inproc://, ucx://):
+        return  # nothing to parse here; connecting says whether it works
     except (ValueError, TypeError) as exc:
         raise MerError(f"--scheduler {address}: not a dask address ({_reason(exc)}); write tcp://HOST:PORT, "
                        "the address `dask scheduler` prints") from None
